@@ -1,0 +1,164 @@
+"""Model files: atomic publishing, validated loading, and warm models that follow republishing.
+
+A checkpoint is a ``torch.save`` of plain data (``weights_only`` loadable): the UNet spec, the
+state dict, the stage's spacing and the training summary.  Publishing writes a temporary file in
+the same folder, fsyncs it and renames it over the old one, so a reader (the server) sees either
+the old complete model or the new complete model, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from radcascade.networks import UNetSpec
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A model file exists but cannot be used (corrupt, truncated, wrong format)."""
+
+
+@dataclass
+class Checkpoint:
+    """What a model file holds."""
+
+    spec: UNetSpec
+    state_dict: dict
+    spacing: tuple[float, float, float]
+    summary: dict = field(default_factory=dict)
+
+    def to_payload(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "state_dict": self.state_dict,
+            "spacing": list(self.spacing),
+            "summary": self.summary,
+        }
+
+
+def publish_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt.to_payload(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load and validate a model file. Raises :class:`CheckpointError` with a clear message."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated zip, random bytes, pickle errors
+        raise CheckpointError(f"model file {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"model file {path} is not a radcascade checkpoint (format {FORMAT_VERSION})")
+    try:
+        ckpt = Checkpoint(
+            spec=UNetSpec.from_dict(payload["spec"]),
+            state_dict=payload["state_dict"],
+            spacing=tuple(float(s) for s in payload["spacing"]),
+            summary=dict(payload.get("summary") or {}),
+        )
+        ckpt.spec.build().load_state_dict(ckpt.state_dict)
+    except Exception as e:
+        raise CheckpointError(f"model file {path} does not match its network description ({str(e)[:160]})") from None
+    return ckpt
+
+
+@dataclass
+class LoadedModel:
+    """A network on its device, in eval mode, with the checkpoint it came from."""
+
+    network: torch.nn.Module
+    checkpoint: Checkpoint
+    file_stamp: tuple
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class WarmModel:
+    """Keeps a model loaded; reloads only when the file on disk was republished.
+
+    ``get()`` costs one ``stat`` per request.  A corrupt file never replaces a good loaded model;
+    with no usable model at all ``get()`` returns ``None`` and :attr:`problem` says why.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: torch.device):
+        self.path = Path(path)
+        self.device = device
+        self._lock = threading.Lock()
+        self._loaded: LoadedModel | None = None
+        self._bad_stamp: tuple | None = None
+        self.problem: str | None = None
+
+    def get(self) -> LoadedModel | None:
+        stamp = _stamp(self.path)
+        loaded = self._loaded
+        if loaded is not None and loaded.file_stamp == stamp:
+            return loaded
+        with self._lock:
+            stamp = _stamp(self.path)
+            if self._loaded is not None and self._loaded.file_stamp == stamp:
+                return self._loaded
+            if stamp is None:
+                self.problem = f"no trained model at {self.path}"
+                return self._loaded
+            if stamp == self._bad_stamp:
+                return self._loaded
+            try:
+                ckpt = read_checkpoint(self.path)
+            except (CheckpointError, FileNotFoundError) as e:
+                self._bad_stamp = stamp
+                self.problem = str(e)
+                logger.error("%s; %s", e, "keeping the previous model" if self._loaded else "stage is untrained")
+                return self._loaded
+            net = ckpt.spec.build()
+            net.load_state_dict(ckpt.state_dict)
+            net.to(self.device).eval()
+            self._loaded = LoadedModel(net, ckpt, stamp)
+            self.problem = None
+            logger.info("loaded %s (%s)", self.path.name, ckpt.summary.get("trained_at", "unknown date"))
+            return self._loaded
+
+    def status(self) -> str:
+        """A one-line honest description for ``/info``."""
+        loaded = self.get()
+        if loaded is None:
+            return f"UNTRAINED: {self.problem}"
+        s = loaded.checkpoint.summary
+        metric = s.get("best_dice")
+        text = f"trained {s.get('trained_at', '?')}"
+        if metric is not None:
+            text += f", validation Dice {metric:.3f}"
+        if self.problem:
+            text += f" (newer file rejected: {self.problem})"
+        return text

@@ -1,0 +1,293 @@
+"""Deterministic synthetic CT-like abdominal studies in a MONAI Label datastore layout.
+
+Each study is a CT-like volume in Hounsfield units (air, skin/fat, muscle, soft tissue, spine,
+ribs, kidneys, spleen, a liver-like organ of varied shape/size/position) with 0-5 lesions inside
+the organ, drawn from two classes that differ in *appearance*, not in one intensity:
+
+* **benign** (cyst-like): smooth ellipsoid, homogeneous, near-water density (-5..32 HU),
+  sharp margin;
+* **malignant** (metastasis-like): lobulated outline, heterogeneous core (15..65 HU),
+  an enhancing rim (+40..+100 HU over the core), blurred margin.
+
+The core densities overlap, so no single threshold separates the classes.  Then the whole
+volume gets partial-volume blur and quantum noise.
+
+Usage::
+
+    python -m radcascade.sample_data --out sample-data/abdomen --labelled 8 --unlabelled 4
+    python -m radcascade.sample_data --out /tmp/ct --labelled 2 --shape 512 512 200 --spacing 0.8 0.8 2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from radcascade.labels import ORGAN_VALUE, LabelContract
+
+DEFAULT_SHAPE = (128, 128, 48)  # voxels, (x, y, z)
+DEFAULT_SPACING = (2.5, 2.5, 4.0)  # mm
+BENIGN, MALIGNANT = 0, 1  # lesion class index into LabelContract.lesion_classes
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """One generated lesion: class index, centre in mm (x, y, z), diameter in mm."""
+
+    lesion_class: int
+    centre_mm: tuple[float, float, float]
+    diameter_mm: float
+    core_hu: float
+
+
+@dataclass
+class Study:
+    """A generated study: CT volume (HU, int16), label map (uint8), geometry and truth."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    lesions: list[LesionSpec] = field(default_factory=list)
+
+
+def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+    """Coordinates in mm, centred on the volume, as broadcastable (x, y, z) arrays."""
+    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing)]
+    return np.meshgrid(*axes, indexing="ij", sparse=True)
+
+
+def _smooth_noise(rng: np.random.Generator, shape, sigma_vox, amplitude: float) -> np.ndarray:
+    """Low-frequency texture: blurred white noise rescaled to unit std times ``amplitude``."""
+    n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    std = float(n.std()) or 1.0
+    return n * (amplitude / std)
+
+
+def _radial_harmonics(rng: np.random.Generator, n_terms: int, amplitude: float):
+    """A random smooth function of direction (for lobulated / deformed outlines)."""
+    terms = []
+    for _ in range(n_terms):
+        axis = rng.standard_normal(3)
+        axis /= np.linalg.norm(axis)
+        terms.append((axis, rng.integers(2, 6), rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.0)))
+    norm = sum(t[3] for t in terms) or 1.0
+
+    def modulation(dx, dy, dz, r):
+        r = np.maximum(r, 1e-3)
+        out = 0.0
+        for axis, freq, phase, weight in terms:
+            cos_t = (dx * axis[0] + dy * axis[1] + dz * axis[2]) / r
+            out = out + weight * np.cos(freq * np.arccos(np.clip(cos_t, -1, 1)) + phase)
+        return 1.0 + amplitude * out / norm
+
+    return modulation
+
+
+def generate_study(
+    seed: int,
+    name: str,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    max_lesions: int = 5,
+) -> Study:
+    """Generate one study deterministically from ``seed``."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    spacing = tuple(float(s) for s in spacing)
+    x, y, z = _grid(shape, spacing)
+    half_z = (shape[2] - 1) / 2.0 * spacing[2]
+    zf = z / max(half_z, 1.0)  # -1..1 cranio-caudal (z grows towards the head)
+
+    # Body outline: an ellipse that tapers slightly along z. LPS: +x = patient left, +y = posterior.
+    body_a = rng.uniform(135, 165) * (1 - 0.05 * zf**2)
+    body_b = rng.uniform(100, 120) * (1 - 0.05 * zf**2)
+    y_shift = rng.uniform(-8, 8)
+    body_r = np.sqrt((x / body_a) ** 2 + ((y - y_shift) / body_b) ** 2)
+    fat_mm = rng.uniform(8, 25)
+    inner_r = 1 - fat_mm / body_b
+    muscle_r = inner_r - 6 / body_b
+
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    body = body_r <= 1.0
+    hu[body] = -100.0  # subcutaneous fat
+    muscle_ring = (body_r <= inner_r) & (body_r > muscle_r)
+    hu[muscle_ring] = 55.0
+    interior = body_r <= muscle_r
+    # Bowel/mesentery: soft tissue with fat pockets and some gas.
+    mesentery = 35.0 + _smooth_noise(rng, shape, 2.0, 60.0)
+    mesentery = np.where(mesentery < -10, -90.0, mesentery)
+    gas = _smooth_noise(rng, shape, 1.5, 1.0) > 2.3
+    hu = np.where(interior, mesentery, hu)
+    hu[interior & gas] = -700.0
+
+    # Spine (vertebral body + canal) posterior, ribs at the periphery.
+    spine_y = body_b * 0.55 + y_shift
+    vert = np.sqrt(x**2 + (y - spine_y) ** 2)
+    vert = np.broadcast_to(vert, shape)
+    hu[vert <= 22] = 250.0
+    hu[(vert <= 22) & (vert > 18)] = 700.0
+    canal = np.broadcast_to(np.sqrt(x**2 + (y - spine_y - 30) ** 2) <= 9, shape)
+    hu[canal] = 20.0
+    rib_phase = rng.uniform(0, 2 * np.pi)
+    ring = (body_r <= muscle_r + 0.02) & (body_r > muscle_r - 0.06)
+    angle = np.arctan2(y - y_shift, x)
+    rib_mask = ring & (np.cos(z * 2 * np.pi / 28.0 + rib_phase) > 0.55) & (zf > -0.3)
+    rib_mask &= (np.cos(angle * 7 + rib_phase) > 0.1) & (angle < 0.35 * np.pi)  # arcs, not the back
+    hu[rib_mask] = 600.0
+
+    # Kidneys and spleen (distractors near the organ).
+    for side in (-1, 1):
+        kc = (side * rng.uniform(55, 70), spine_y - rng.uniform(5, 20), rng.uniform(-0.5, -0.1) * half_z)
+        kr = np.sqrt(((x - kc[0]) / 28) ** 2 + ((y - kc[1]) / 22) ** 2 + ((z - kc[2]) / 50) ** 2)
+        hu[kr <= 1.0] = 150.0
+        hu[kr <= 0.65] = 35.0
+    sc = (rng.uniform(70, 95), rng.uniform(10, 40), rng.uniform(0.1, 0.5) * half_z)
+    sr = np.sqrt(((x - sc[0]) / 30) ** 2 + ((y - sc[1]) / 45) ** 2 + ((z - sc[2]) / 45) ** 2)
+    hu[sr <= 1.0] = rng.uniform(40, 50)
+
+    # The organ: a deformed ellipsoid on the patient's right (negative x), upper abdomen.
+    oc = np.array([rng.uniform(-75, -45), rng.uniform(-20, 15), rng.uniform(0.0, 0.35) * half_z])
+    semi = np.array([rng.uniform(60, 85), rng.uniform(50, 70), rng.uniform(45, 70)])
+    semi[2] = min(semi[2], half_z * 0.9)
+    dx, dy, dz = x - oc[0], y - oc[1], z - oc[2]
+    r_ell = np.sqrt((dx / semi[0]) ** 2 + (dy / semi[1]) ** 2 + (dz / semi[2]) ** 2)
+    deform = _radial_harmonics(rng, 4, rng.uniform(0.08, 0.2))
+    organ = r_ell <= deform(dx, dy, dz, np.sqrt(dx**2 + dy**2 + dz**2))
+    organ &= body_r <= muscle_r  # stays inside the abdominal wall
+    organ_hu = rng.uniform(50, 75)
+    hu = np.where(organ, organ_hu + _smooth_noise(rng, shape, 1.2, 6.0), hu)
+    # Hepatic vessels: thin bright tubes.
+    vessels = organ & (np.abs(_smooth_noise(rng, shape, 2.5, 1.0)) < 0.08)
+    hu[vessels] = organ_hu + rng.uniform(40, 80)
+
+    label = np.zeros(shape, dtype=np.uint8)
+    label[organ] = ORGAN_VALUE
+
+    # Lesions inside the organ.
+    lesions: list[LesionSpec] = []
+    n_lesions = int(rng.integers(0, max_lesions + 1))
+    inside = ndimage.distance_transform_edt(organ, sampling=spacing)
+    for _ in range(n_lesions):
+        cls = int(rng.integers(0, 2))
+        diameter = float(np.exp(rng.uniform(np.log(6.0), np.log(40.0))))
+        radius = diameter / 2
+        candidates = np.argwhere(inside > radius + 2.0)
+        if len(candidates) == 0:
+            continue
+        ci = candidates[rng.integers(len(candidates))]
+        centre = [(ci[a] - (shape[a] - 1) / 2.0) * spacing[a] for a in range(3)]
+        lx, ly, lz = x - centre[0], y - centre[1], z - centre[2]
+        lr = np.sqrt(lx**2 + ly**2 + lz**2)
+        if cls == BENIGN:
+            stretch = rng.uniform(0.85, 1.15, size=3)
+            er = np.sqrt((lx / stretch[0]) ** 2 + (ly / stretch[1]) ** 2 + (lz / stretch[2]) ** 2)
+            mask = er <= radius
+            core = rng.uniform(-5, 32)
+            values = core + _smooth_noise(rng, shape, 1.0, 2.0)
+            hu = np.where(mask, values, hu)
+        else:
+            lobes = _radial_harmonics(rng, 5, rng.uniform(0.25, 0.45))
+            rel = lr / (radius * lobes(lx, ly, lz, lr))
+            mask = rel <= 1.0
+            core = rng.uniform(15, 65)
+            rim_boost = rng.uniform(40, 100)
+            rim_width = np.clip(rng.uniform(1.5, 4.0) / radius, 0.12, 0.5)
+            values = core + _smooth_noise(rng, shape, 0.8, rng.uniform(12, 25))
+            values = values + rim_boost * np.clip((rel - (1 - rim_width)) / rim_width, 0, 1)
+            soft = np.clip((1.15 - rel) / 0.3, 0, 1)  # blurred margin into the organ
+            hu = np.where(rel <= 1.15, soft * values + (1 - soft) * hu, hu)
+        mask &= organ
+        if not mask.any():
+            continue
+        label[mask] = 2 + cls
+        lesions.append(LesionSpec(cls, tuple(float(c) for c in centre), diameter, float(core)))
+
+    # Scanner: partial-volume blur then noise; air is clipped at -1024 like a real scanner.
+    sigma = [rng.uniform(0.4, 0.8) * 2.0 / s for s in spacing]
+    hu = ndimage.gaussian_filter(hu, sigma)
+    hu += rng.normal(0.0, rng.uniform(6.0, 14.0), size=shape).astype(np.float32)
+    hu = np.clip(hu, -1024, 3071)
+    hu[~np.broadcast_to(body, shape) & (hu < -900)] = -1000.0
+    origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
+    return Study(name, np.round(hu).astype(np.int16), label, spacing, origin, lesions)
+
+
+def _to_sitk(array: np.ndarray, spacing, origin) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    img.SetOrigin(tuple(float(o) for o in origin))
+    return img
+
+
+def write_study(study: Study, studies_dir: Path, with_label: bool, contract: LabelContract) -> None:
+    """Write the image (and label) in MONAI Label's local datastore layout, atomically."""
+    from radcascade.volumes import atomic_write_image
+
+    atomic_write_image(_to_sitk(study.image, study.spacing, study.origin), studies_dir / f"{study.name}.nii.gz")
+    if with_label:
+        atomic_write_image(
+            _to_sitk(study.label, study.spacing, study.origin),
+            studies_dir / "labels" / "final" / f"{study.name}.nii.gz",
+        )
+
+
+def generate_datastore(
+    out: Path,
+    labelled: int,
+    unlabelled: int,
+    seed: int = 0,
+    shape=DEFAULT_SHAPE,
+    spacing=DEFAULT_SPACING,
+    prefix: str = "study",
+    contract: LabelContract | None = None,
+) -> list[Study]:
+    """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest."""
+    contract = contract or LabelContract()
+    out = Path(out)
+    (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
+    seeds = np.random.SeedSequence(seed).generate_state(labelled + unlabelled)
+    studies, manifest = [], {}
+    for i, s in enumerate(seeds):
+        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing)
+        write_study(study, out, with_label=i < labelled, contract=contract)
+        manifest[study.name] = {
+            "labelled": i < labelled,
+            "lesions": [
+                {"class": contract.lesion_classes[l.lesion_class], "diameter_mm": round(l.diameter_mm, 1),
+                 "centre_mm": [round(c, 1) for c in l.centre_mm]}
+                for l in study.lesions
+            ],
+        }
+        studies.append(study)
+    tmp = out / ".truth.json.tmp"
+    tmp.write_text(json.dumps({"seed": seed, "shape": list(shape), "spacing": list(spacing), "studies": manifest}, indent=1))
+    os.replace(tmp, out / "truth.json")
+    return studies
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="studies folder to write")
+    p.add_argument("--labelled", type=int, default=8)
+    p.add_argument("--unlabelled", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=DEFAULT_SHAPE)
+    p.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING)
+    p.add_argument("--prefix", default="study")
+    a = p.parse_args(argv)
+    studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix)
+    n_les = sum(len(s.lesions) for s in studies)
+    print(f"wrote {len(studies)} studies ({a.labelled} labelled) with {n_les} lesions to {a.out}")
+
+
+if __name__ == "__main__":
+    main()

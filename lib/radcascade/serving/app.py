@@ -1,0 +1,134 @@
+"""The radcascade MONAI Label app: configuration, task registry and request checks.
+
+``apps/radcascade/main.py`` only subclasses :class:`RadCascadeApp`. Configuration (``--conf``):
+
+* ``organ`` (default ``liver``), ``lesion_classes`` (default ``lesion benign,lesion malignant``)
+* ``model_dir`` (default ``<app>/model``); starting weights are copied from ``<app>/pretrained``
+* ``max_voxels`` (default 1024**3), ``amp`` (default true), ``device`` (default cuda if available)
+* ``max_epochs``, ``max_minutes``: default train budget shown in Slicer's options
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict
+
+import torch
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+from radcascade.cascade import Cascade
+from radcascade.labels import LabelContract
+from radcascade.serving.datastore import ValidatingDatastore
+from radcascade.serving.errors import client_error
+from radcascade.serving.infer import CascadeInferTask, LesionInferTask, OrganInferTask
+from radcascade.serving.train import StageTrainTask
+from radcascade.stages import default_device
+from radcascade.training import STAGES
+from radcascade.volumes import DEFAULT_MAX_VOXELS
+
+logger = logging.getLogger(__name__)
+
+
+def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
+    """Copy the committed starting weights into the model folder where a stage has none yet."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        src, dst = pretrained_dir / f"{stage}.pt", model_dir / f"{stage}.pt"
+        if src.exists() and not dst.exists():
+            fd, tmp = tempfile.mkstemp(prefix=f".{stage}.", suffix=".tmp", dir=model_dir)
+            os.close(fd)
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            logger.info("installed starting weights %s -> %s", src, dst)
+
+
+class RadCascadeApp(MONAILabelApp):
+    """Organ -> lesion cascade (stage 3, the classifier, comes later)."""
+
+    def __init__(self, app_dir, studies, conf):
+        conf = conf or {}
+        self.contract = LabelContract.from_config(conf.get("organ"), conf.get("lesion_classes"))
+        self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
+        self.model_dir = Path(conf.get("model_dir") or Path(app_dir) / "model")
+        install_pretrained(self.model_dir, Path(app_dir) / "pretrained")
+        device = torch.device(conf["device"]) if conf.get("device") else default_device()
+        amp = str(conf.get("amp", "true")).lower() == "true"
+        self.cascade = Cascade(self.contract, self.model_dir / "organ.pt", self.model_dir / "lesion.pt", device, amp=amp)
+        self.train_defaults = {
+            "max_epochs": int(conf.get("max_epochs", 30)),
+            "max_minutes": float(conf.get("max_minutes", 20)),
+            "learning_rate": 1e-3,
+            "val_split": 0.2,
+            "warm_start": True,
+            "amp": amp,
+            "seed": 0,
+        }
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="radcascade",
+            description="Organ -> lesion cascade of 3D UNets (MONAI), retrained from submitted corrections",
+            version="0.1.0",
+            labels=list(self.contract.names_to_values()),
+        )
+
+    def init_datastore(self) -> ValidatingDatastore:
+        return ValidatingDatastore(
+            self.studies,
+            self.contract,
+            max_voxels=self.max_voxels,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        # Order matters: Slicer runs the first model on "Next sample".
+        return {
+            "cascade": CascadeInferTask(self.cascade, "Organ then lesions inside it (stage 1 + 2)", self.max_voxels),
+            "organ": OrganInferTask(self.cascade, "Stage 1: organ on the whole volume at coarse spacing", self.max_voxels),
+            "lesion": LesionInferTask(self.cascade, "Stage 2: lesions in the organ box at fine spacing "
+                                      "(organ from an uploaded label when given)", self.max_voxels),
+        }
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        return {
+            stage: StageTrainTask(stage, self.contract, self.model_dir / f"{stage}.pt", self.train_defaults)
+            for stage in STAGES
+        }
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        return {"random": Random(), "first": First()}
+
+    # -- request checks the stock app leaves out --------------------------------------------------
+    def infer(self, request, datastore=None):
+        model = request.get("model")
+        if model not in self._infers:
+            raise client_error(404, f"unknown model '{model}' (this app serves: {', '.join(self._infers)})")
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            (datastore or self.datastore()).require_image(image)
+        return super().infer(request, datastore)
+
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise client_error(404, f"unknown strategy '{strategy}' (available: {', '.join(self._strategies)})")
+        return super().next_sample(request)
+
+    def train(self, request):
+        model = request.get("model")
+        if model not in self._trainers:
+            raise client_error(404, f"unknown train task '{model}' (available: {', '.join(self._trainers)})")
+        return super().train(request)

@@ -1,0 +1,144 @@
+"""A local datastore that validates before it writes: nothing half-written, nothing outside it.
+
+MONAI Label's ``LocalDatastore`` layout is kept (images in the studies folder, labels in
+``labels/<tag>/``), so ``--studies`` works on any folder. What changes:
+
+* image ids and label tags are checked (no path separators, no ``..``);
+* an uploaded image must be a readable 3D volume within the size limit;
+* a submitted label must be readable, lie on its image's exact geometry, and every value must be
+  named in Slicer's ``label_info`` with a name the app knows; it is stored **in contract values**
+  (remapped by name), written to a temporary file and renamed into place;
+* the label it replaces is kept in ``.radcascade/label-history/`` (labels are hours of work).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import SimpleITK as sitk
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from radcascade.labels import LabelContract
+from radcascade.serving.errors import as_http_errors, client_error
+from radcascade.volumes import DEFAULT_MAX_VOXELS, atomic_write_image, read_geometry, read_image, read_label
+
+logger = logging.getLogger(__name__)
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
+
+def check_id(kind: str, value: str) -> str:
+    if not value or not SAFE_ID.match(value) or ".." in value:
+        raise client_error(422, f"invalid {kind} '{value}': use letters, digits, '.', '_', '-' (no path separators, no '..')")
+    return value
+
+
+def _suffix(filename: str) -> str:
+    name = filename.lower()
+    for s in IMAGE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    raise client_error(415, f"unsupported file type '{os.path.basename(filename)}': send {', '.join(IMAGE_SUFFIXES)}")
+
+
+class ValidatingDatastore(LocalDatastore):
+    """``LocalDatastore`` with validation, name-based label remapping and atomic writes."""
+
+    def __init__(self, studies: str, contract: LabelContract, max_voxels: int = DEFAULT_MAX_VOXELS, **kwargs):
+        self.contract = contract
+        self.max_voxels = max_voxels
+        super().__init__(studies, **kwargs)
+        self.history_dir = Path(self._datastore_path) / ".radcascade" / "label-history"
+
+    # -- images ---------------------------------------------------------------------------------
+    def require_image(self, image_id: str) -> str:
+        """Path of a known image, or a 404 naming the id."""
+        uri = self.get_image_uri(image_id)
+        if not uri:
+            raise client_error(404, f"unknown image id '{image_id}'")
+        return uri
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        ext = _suffix(image_filename)
+        image_id = check_id("image id", image_id or os.path.basename(image_filename)[: -len(ext)])
+        with as_http_errors():
+            read_image(image_filename, self.max_voxels)
+        existing = self._datastore.objects.get(image_id)
+        if existing is not None and existing.labels:
+            raise client_error(409, f"image '{image_id}' already exists and has labels; remove it first")
+        name = self._filename(image_id, ext)
+        dest = Path(self._datastore.image_path()) / name
+        with FileLock(self._lock_file):
+            fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=dest.parent)
+            os.close(fd)
+            try:
+                shutil.copyfile(image_filename, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            info = dict(image_info or {})
+            info.update({"ts": int(time.time()), "name": name})
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    # -- labels ---------------------------------------------------------------------------------
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        check_id("label tag", label_tag)
+        image_uri = self.require_image(image_id)
+        _suffix(label_filename)
+        params = dict(label_info or {})
+        submitted_info = params.get("label_info")
+        with as_http_errors():
+            expected = read_geometry(image_uri)
+            label = read_label(label_filename, expected)
+            values = sitk.GetArrayFromImage(label)
+            remapped = self.contract.remap_by_name(values, submitted_info)
+        out = sitk.GetImageFromArray(remapped.astype(np.uint8))
+        out.CopyInformation(label)
+
+        obj = self._datastore.objects[image_id]
+        name = self._filename(image_id, ".nii.gz")
+        dest = Path(self._datastore.label_path(label_tag)) / name
+        with FileLock(self._lock_file):
+            self._keep_history(image_id, label_tag)
+            atomic_write_image(out, dest)
+            old = obj.labels.get(label_tag)
+            if old is not None and old.ext != ".nii.gz":
+                (Path(self._datastore.label_path(label_tag)) / self._filename(image_id, old.ext)).unlink(missing_ok=True)
+            params.pop("label_info", None)
+            params.update(
+                {
+                    "ts": int(time.time()),
+                    "name": name,
+                    "label_info": [{"name": n, "idx": v} for n, v in self.contract.names_to_values().items()],
+                    "submitted_label_info": submitted_info,
+                    "label_counts": {self.contract.name_of(int(v)): int(c) for v, c in zip(*np.unique(remapped, return_counts=True))},
+                }
+            )
+            obj.labels[label_tag] = DataModel(info=params, ext=".nii.gz")
+            self._update_datastore_file(lock=False)
+        logger.info("saved label %s/%s (remapped by name: %s)", label_tag, image_id, submitted_info is not None)
+        return image_id
+
+    def _keep_history(self, image_id: str, tag: str) -> None:
+        obj = self._datastore.objects.get(image_id)
+        old = obj.labels.get(tag) if obj else None
+        if old is None:
+            return
+        src = Path(self._datastore.label_path(tag)) / self._filename(image_id, old.ext)
+        if src.exists():
+            target = self.history_dir / tag / image_id
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / f"{time.strftime('%Y%m%dT%H%M%S')}-{int(time.time() * 1e6) % 1000000}{old.ext}")

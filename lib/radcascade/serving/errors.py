@@ -1,0 +1,35 @@
+"""Turn the core's validation errors into clear 4xx HTTP answers (never a 500 with a stack trace)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import HTTPException
+
+from radcascade.checkpoints import CheckpointError
+from radcascade.labels import LabelContractError
+from radcascade.stages import StageUntrainedError
+from radcascade.volumes import InvalidVolumeError
+
+logger = logging.getLogger(__name__)
+
+
+def client_error(status: int, message: str) -> HTTPException:
+    logger.warning("refused request (%d): %s", status, message)
+    return HTTPException(status_code=status, detail=message)
+
+
+@contextlib.contextmanager
+def as_http_errors():
+    """Map core exceptions raised inside the block to ``HTTPException``s."""
+    try:
+        yield
+    except HTTPException:
+        raise
+    except InvalidVolumeError as e:
+        raise client_error(413 if "exceeds the limit" in str(e) else 422, str(e)) from None
+    except LabelContractError as e:
+        raise client_error(422, str(e)) from None
+    except (StageUntrainedError, CheckpointError) as e:
+        raise client_error(503, f"{e}; train the stage first (POST /train/...)") from None

@@ -1,0 +1,152 @@
+"""Infer tasks: ``cascade`` (organ -> lesions, registered first), ``organ`` and ``lesion``.
+
+All three share one :class:`~radcascade.cascade.Cascade`, so the networks are loaded once and stay
+warm; a republished model file is picked up on the next request (one ``stat`` per request).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from radcascade.cascade import Cascade, CascadeResult
+from radcascade.labels import ORGAN_VALUE
+from radcascade.preprocessing import BoundingBox
+from radcascade.serving.errors import as_http_errors, client_error
+from radcascade.stages import OrganResult
+from radcascade.volumes import Volume, atomic_write_image, label_image_like, load_label_for, load_volume
+
+logger = logging.getLogger(__name__)
+
+
+def write_result(label: np.ndarray, volume: Volume) -> str:
+    """Write a canonical label map back onto the image's original geometry, in a temporary file."""
+    fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=".nii.gz")
+    os.close(fd)
+    atomic_write_image(label_image_like(label, volume), path)
+    return path
+
+
+class _CascadeTask(InferTask):
+    """Common part: honest description, loading the request's image with validation."""
+
+    stage_names: tuple[str, ...] = ()
+
+    def __init__(self, cascade: Cascade, description: str, max_voxels: int):
+        self.cascade = cascade
+        self.max_voxels = max_voxels
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels=self._labels(),
+            dimension=3,
+            description=description,
+            config={"device": str(cascade.device)},
+        )
+        self._base_description = description
+
+    def _labels(self) -> Dict[str, int]:
+        return self.cascade.contract.names_to_values()
+
+    def _models(self):
+        return {"organ": self.cascade.organ_model, "lesion": self.cascade.lesion_model}
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        status = {name: self._models()[name].status() for name in self.stage_names}
+        untrained = [n for n, s in status.items() if s.startswith("UNTRAINED")]
+        prefix = f"UNTRAINED ({', '.join(untrained)}): " if untrained else ""
+        info["description"] = prefix + self._base_description + " | " + "; ".join(f"{k}: {v}" for k, v in status.items())
+        info["stages"] = status
+        return info
+
+    def is_valid(self) -> bool:
+        return True
+
+    def _load(self, request) -> Volume:
+        path = request.get("image")
+        if not path:
+            raise client_error(404, "no image given")
+        with as_http_errors():
+            return load_volume(path, self.max_voxels)
+
+    def _respond(self, volume: Volume, result: CascadeResult, t0: float, latencies: dict) -> Tuple[str, Dict]:
+        t1 = time.perf_counter()
+        path = write_result(result.label, volume)
+        result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
+        result.latencies_s["total"] = time.perf_counter() - t0
+        out = result.to_json(self.cascade.contract)
+        out["models"] = {name: self._models()[name].status() for name in self.stage_names}
+        return path, out
+
+
+class CascadeInferTask(_CascadeTask):
+    """Organ then lesions, in one request, on one in-memory image."""
+
+    stage_names = ("organ", "lesion")
+
+    def __call__(self, request) -> Tuple[str, Dict]:
+        t0 = time.perf_counter()
+        volume = self._load(request)
+        load_s = time.perf_counter() - t0
+        with as_http_errors():
+            result = self.cascade.run(volume)
+        return self._respond(volume, result, t0, {"load": load_s})
+
+
+class OrganInferTask(_CascadeTask):
+    """Stage 1 only: the organ mask."""
+
+    stage_names = ("organ",)
+
+    def _labels(self) -> Dict[str, int]:
+        return {self.cascade.contract.organ: ORGAN_VALUE}
+
+    @torch.no_grad()
+    def __call__(self, request) -> Tuple[str, Dict]:
+        t0 = time.perf_counter()
+        volume = self._load(request)
+        load_s = time.perf_counter() - t0
+        with as_http_errors():
+            image = torch.from_numpy(volume.array).to(self.cascade.device).unsqueeze(0)
+            organ = self.cascade.organ_stage(image, volume.spacing)
+        label = np.zeros(volume.shape, dtype=np.uint8)
+        if organ.found:
+            label[organ.box.slices][organ.mask.cpu().numpy()] = ORGAN_VALUE
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        result = CascadeResult(label, organ.found, float((label > 0).sum()) * voxel_ml, [], {"organ": organ.latency_s},
+                               provisional_classes=False)
+        return self._respond(volume, result, t0, {"load": load_s})
+
+
+class LesionInferTask(_CascadeTask):
+    """Stage 2: lesions inside the organ; the organ comes from an uploaded label if one is sent
+    (e.g. a corrected organ), otherwise from stage 1."""
+
+    stage_names = ("organ", "lesion")
+
+    def __call__(self, request) -> Tuple[str, Dict]:
+        t0 = time.perf_counter()
+        volume = self._load(request)
+        load_s = time.perf_counter() - t0
+        label_path = request.get("label")
+        with as_http_errors():
+            if label_path and Path(label_path).exists():
+                organ_mask = self.cascade.contract.organ_mask(load_label_for(label_path, volume))
+                box = BoundingBox.of_mask(organ_mask)
+                if box is None:
+                    raise client_error(422, "the uploaded label has no organ voxels")
+                device = self.cascade.device
+                organ = OrganResult(box, torch.from_numpy(organ_mask[box.slices]).to(device), 0.0)
+                result = self.cascade.run(volume, organ=organ)
+                result.notes.append("organ taken from the uploaded label")
+            else:
+                result = self.cascade.run(volume)
+        return self._respond(volume, result, t0, {"load": load_s})

@@ -1,0 +1,74 @@
+"""Train tasks ``organ`` and ``lesion``: the core recipe fed from the datastore's final labels."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict
+
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.train import TrainTask
+
+from radcascade.labels import LabelContract
+from radcascade.training import TrainConfig, Trainer, TrainingCase
+
+logger = logging.getLogger(__name__)
+
+
+def _bool(v) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+class StageTrainTask(TrainTask):
+    """Retrains one cascade stage from the corrected labels and publishes the best model atomically."""
+
+    def __init__(self, stage: str, contract: LabelContract, model_path: Path, defaults: Dict[str, Any]):
+        super().__init__(f"Train the {stage} stage of the cascade from the datastore's final labels")
+        self.stage = stage
+        self.contract = contract
+        self.model_path = Path(model_path)
+        self.stats_path = self.model_path.with_suffix(".stats.json")
+        self.defaults = dict(defaults)
+
+    def config(self) -> Dict[str, Any]:
+        return dict(self.defaults)
+
+    def stats(self) -> Dict[str, Any]:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def cases(self, datastore: Datastore) -> list[TrainingCase]:
+        tag = DefaultLabelTag.FINAL.value
+        out = []
+        for image_id in sorted(datastore.get_labeled_images(tag)):
+            info = datastore.get_label_info(image_id, tag) or {}
+            label_info = info.get("label_info")
+            out.append(
+                TrainingCase(
+                    name=image_id,
+                    image=Path(datastore.get_image_uri(image_id)),
+                    label=Path(datastore.get_label_uri(image_id, tag)),
+                    label_info=tuple(label_info) if label_info else None,
+                )
+            )
+        return out
+
+    def __call__(self, request, datastore: Datastore):
+        opts = {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
+        cfg = TrainConfig(
+            stage=self.stage,
+            max_epochs=int(opts["max_epochs"]),
+            learning_rate=float(opts["learning_rate"]),
+            val_fraction=float(opts["val_split"]),
+            warm_start=_bool(opts["warm_start"]),
+            max_minutes=float(opts["max_minutes"]) or None,
+            amp=_bool(opts["amp"]),
+            seed=int(opts["seed"]),
+        )
+        cases = self.cases(datastore)
+        logger.info("training %s on %d labelled studies", self.stage, len(cases))
+        result = Trainer(cfg, self.contract, self.model_path, self.stats_path).fit(cases)
+        return result.to_json()

@@ -1,0 +1,181 @@
+"""Stage 1 (organ, whole volume at coarse spacing) and stage 2 (lesions, organ crop at fine spacing).
+
+Each stage takes the image tensor already on the compute device and returns a small typed result;
+nothing is written to or read from disk between stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from radcascade.checkpoints import LoadedModel, WarmModel
+from radcascade.preprocessing import (
+    BoundingBox,
+    normalize_hu,
+    pad_to_multiple,
+    resample,
+    sample_region,
+    shape_at_spacing,
+)
+
+# Default spacings (mm) the stages are trained at; a checkpoint records its own.
+ORGAN_SPACING = (5.0, 5.0, 8.0)
+LESION_SPACING = (2.5, 2.5, 4.0)
+LESION_MARGIN_MM = 12.0
+LESION_ROI = (96, 96, 48)
+
+
+class StageUntrainedError(RuntimeError):
+    """A stage has no usable model file."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op on CPU."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _require(model: WarmModel, name: str) -> LoadedModel:
+    loaded = model.get()
+    if loaded is None:
+        raise StageUntrainedError(f"{name} stage is untrained: {model.problem}")
+    return loaded
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
+@dataclass
+class OrganResult:
+    """Organ mask at full resolution, stored only inside its tight bounding box."""
+
+    box: BoundingBox | None
+    mask: torch.Tensor | None  # bool, shape == box.shape, on the compute device
+    latency_s: float
+
+    @property
+    def found(self) -> bool:
+        return self.box is not None
+
+
+@dataclass
+class LesionResult:
+    """Lesion mask and probability over the crop the stage processed (full resolution)."""
+
+    box: BoundingBox  # crop in full-resolution voxel indices
+    mask: torch.Tensor  # bool, crop shape
+    probability: torch.Tensor  # float, crop shape
+    latency_s: float
+
+
+class OrganStage:
+    """Whole volume -> coarse spacing -> UNet -> largest component -> full-resolution mask in its box."""
+
+    def __init__(self, model: WarmModel, amp: bool = True):
+        self.model = model
+        self.amp = amp
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, spacing) -> OrganResult:
+        t0 = time.perf_counter()
+        loaded = _require(self.model, "organ")
+        full_shape = tuple(image.shape[1:])
+        coarse_shape = shape_at_spacing(full_shape, spacing, loaded.checkpoint.spacing)
+        x = resample(normalize_hu(image), coarse_shape)
+        x, back = pad_to_multiple(x, loaded.checkpoint.spec.divisor)
+        with autocast_for(image.device, self.amp):
+            logits = loaded.network(x.unsqueeze(0))[0]
+        prob = torch.softmax(logits.float(), dim=0)[1:2][back]  # [1, cx, cy, cz]
+        coarse = largest_component((prob[0] > 0.5).cpu().numpy())
+        box_c = BoundingBox.of_mask(coarse)
+        if box_c is None:
+            synchronize(image.device)
+            return OrganResult(None, None, time.perf_counter() - t0)
+        # Keep only the chosen component (dilated one coarse voxel so interpolation near the
+        # border is unaffected), then evaluate it at full resolution inside the box only.
+        keep = torch.from_numpy(ndimage.binary_dilation(coarse)).to(prob.device)
+        prob = prob * keep
+        factors = [f / c for f, c in zip(full_shape, coarse_shape)]
+        box = box_c.expanded((1, 1, 1), coarse_shape).scaled(factors).expanded((0, 0, 0), full_shape)
+        full = sample_region(prob, full_shape, box)[0] > 0.5
+        local = BoundingBox.of_mask(full)  # in coordinates of ``box``
+        if local is None:
+            synchronize(image.device)
+            return OrganResult(None, None, time.perf_counter() - t0)
+        tight = BoundingBox(tuple(l + b for l, b in zip(local.lo, box.lo)), tuple(h + b for h, b in zip(local.hi, box.lo)))
+        mask = full[local.slices].contiguous()
+        synchronize(image.device)
+        return OrganResult(tight, mask, time.perf_counter() - t0)
+
+
+class LesionStage:
+    """Organ box + margin -> fine spacing -> sliding-window UNet -> lesion mask inside the organ."""
+
+    def __init__(
+        self,
+        model: WarmModel,
+        margin_mm: float = LESION_MARGIN_MM,
+        roi_size=LESION_ROI,
+        sw_batch_size: int = 2,
+        overlap: float = 0.25,
+        amp: bool = True,
+    ):
+        self.model = model
+        self.margin_mm = margin_mm
+        self.roi_size = tuple(roi_size)
+        self.sw_batch_size = sw_batch_size
+        self.overlap = overlap
+        self.amp = amp
+
+    def crop_box(self, organ_box: BoundingBox, spacing, shape) -> BoundingBox:
+        margin = [int(np.ceil(self.margin_mm / s)) for s in spacing]
+        return organ_box.expanded(margin, shape)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, spacing, organ: OrganResult) -> LesionResult:
+        t0 = time.perf_counter()
+        loaded = _require(self.model, "lesion")
+        box = self.crop_box(organ.box, spacing, tuple(image.shape[1:]))
+        crop = image[(slice(None),) + box.slices]
+        fine_shape = shape_at_spacing(box.shape, spacing, loaded.checkpoint.spacing)
+        x = resample(normalize_hu(crop), fine_shape)
+        roi = tuple(min(r, int(np.ceil(n / loaded.checkpoint.spec.divisor) * loaded.checkpoint.spec.divisor))
+                    for r, n in zip(self.roi_size, fine_shape))
+        with autocast_for(image.device, self.amp):
+            logits = sliding_window_inference(
+                x.unsqueeze(0), roi, self.sw_batch_size, loaded.network, overlap=self.overlap, mode="gaussian"
+            )[0]
+        prob_fine = torch.softmax(logits.float(), dim=0)[1:2]
+        prob = resample(prob_fine, box.shape)[0]
+        # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
+        organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
+        offset = tuple(o - b for o, b in zip(organ.box.lo, box.lo))
+        organ_in_crop[tuple(slice(o, o + n) for o, n in zip(offset, organ.box.shape))] = organ.mask
+        near_organ = F.max_pool3d(organ_in_crop[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0
+        mask = (prob > 0.5) & near_organ
+        synchronize(image.device)
+        return LesionResult(box, mask, prob, time.perf_counter() - t0)

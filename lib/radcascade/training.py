@@ -1,0 +1,373 @@
+"""Training recipes for stage 1 (organ) and stage 2 (lesion), usable with or without a server.
+
+Both recipes: read (image, label) pairs, map submitted labels to contract values **by name**,
+cache the preprocessed volumes in memory, train with augmentation (flips, small rotations,
+intensity shift/scale, noise), validate on a held-out split of studies, and publish the best
+model atomically.  Progress is written to a small JSON file that ``/info`` ``train_stats`` shows.
+
+CLI (trains the committed starting weights on generated data)::
+
+    python -m radcascade.training --generate 24 --epochs 60 --out apps/radcascade/pretrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+
+from radcascade.checkpoints import Checkpoint, CheckpointError, publish_checkpoint, read_checkpoint
+from radcascade.labels import LabelContract
+from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
+from radcascade.preprocessing import BoundingBox, normalize_hu, pad_to_multiple, resample, shape_at_spacing
+from radcascade.stages import LESION_MARGIN_MM, LESION_SPACING, ORGAN_SPACING, autocast_for, default_device
+from radcascade.volumes import load_label_for, load_volume
+
+logger = logging.getLogger(__name__)
+STAGES = ("organ", "lesion")
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One labelled study: where its files are and how its label values are named."""
+
+    name: str
+    image: Path
+    label: Path
+    label_info: tuple[dict, ...] | None = None  # Slicer's [{name, idx}], None = contract values
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of one training run (all have defaults sized for a CPU workstation)."""
+
+    stage: str
+    max_epochs: int = 50
+    learning_rate: float = 2e-3
+    val_fraction: float = 0.2
+    seed: int = 0
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] | None = None
+    samples_per_volume: int = 4
+    spec: UNetSpec | None = None
+    spacing: tuple[float, float, float] | None = None
+    warm_start: bool = True  # start from the published model when its network matches
+    amp: bool = True
+    max_minutes: float | None = None  # stop early (still publishing the best) after this time
+    val_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage '{self.stage}' (one of {STAGES})")
+        if self.spec is None:
+            self.spec = ORGAN_UNET if self.stage == "organ" else LESION_UNET
+        if self.spacing is None:
+            self.spacing = ORGAN_SPACING if self.stage == "organ" else LESION_SPACING
+        if self.patch_size is None:
+            self.patch_size = (64, 64, 32) if self.stage == "organ" else (64, 64, 32)
+        if self.max_epochs < 1:
+            raise ValueError("max_epochs must be >= 1")
+
+
+@dataclass
+class PreparedCase:
+    """A case resampled to the stage's spacing: normalised image and binary target, ``[1, X, Y, Z]``."""
+
+    name: str
+    image: torch.Tensor
+    target: torch.Tensor
+
+
+@dataclass
+class TrainResult:
+    """Summary of a run; also what ``train_stats`` shows."""
+
+    stage: str
+    status: str
+    epochs_done: int
+    total_epochs: int
+    best_metric: float | None
+    best_metric_epoch: int | None
+    train_loss: list[float] = field(default_factory=list)
+    val_dice: list[float] = field(default_factory=list)
+    train_cases: list[str] = field(default_factory=list)
+    val_cases: list[str] = field(default_factory=list)
+    total_time_s: float = 0.0
+    start_ts: int = 0
+    published: bool = False
+    model_path: str = ""
+    device: str = "cpu"
+    warm_started: bool = False
+    message: str = ""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["epoch"] = self.epochs_done
+        d["total_time"] = f"{self.total_time_s:.1f}s"
+        return d
+
+
+def prepare_case(case: TrainingCase, cfg: TrainConfig, contract: LabelContract) -> PreparedCase:
+    """Load, remap by name, and resample one case for ``cfg.stage``."""
+    volume = load_volume(case.image)
+    raw = load_label_for(case.label, volume)
+    label = contract.remap_by_name(raw, case.label_info)
+    image = torch.from_numpy(volume.array).unsqueeze(0)
+    if cfg.stage == "organ":
+        target = torch.from_numpy(contract.organ_mask(label).astype(np.uint8)).unsqueeze(0)
+        size = shape_at_spacing(volume.shape, volume.spacing, cfg.spacing)
+        return PreparedCase(case.name, resample(normalize_hu(image), size), (resample(target.float(), size) > 0.5).to(torch.uint8))
+    # Lesion stage: the true organ box plus margin plus room for jitter (random patches inside it).
+    organ_box = BoundingBox.of_mask(contract.organ_mask(label))
+    if organ_box is None:
+        organ_box = BoundingBox((0, 0, 0), volume.shape)
+    margin = [int(math.ceil(1.5 * LESION_MARGIN_MM / s)) for s in volume.spacing]
+    box = organ_box.expanded(margin, volume.shape)
+    crop = image[(slice(None),) + box.slices]
+    target = torch.from_numpy(contract.lesion_mask(label[box.slices]).astype(np.uint8)).unsqueeze(0)
+    size = shape_at_spacing(box.shape, volume.spacing, cfg.spacing)
+    return PreparedCase(case.name, resample(normalize_hu(crop), size), (resample(target.float(), size) > 0.5).to(torch.uint8))
+
+
+def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out whole studies for validation (at least one when there are 3 or more)."""
+    cases = sorted(cases, key=lambda c: c.name)
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = int(round(val_fraction * len(cases)))
+    if len(cases) >= 3:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(cases) - 1)
+    val = [cases[i] for i in order[:n_val]]
+    train = [cases[i] for i in order[n_val:]]
+    return train, val
+
+
+def _augment(patch_size, pos_fraction: float, samples: int) -> mt.Compose:
+    keys = ("image", "label")
+    return mt.Compose(
+        [
+            mt.SpatialPadd(keys, spatial_size=patch_size),
+            mt.RandCropByPosNegLabeld(
+                keys, label_key="label", spatial_size=patch_size, pos=pos_fraction, neg=1 - pos_fraction,
+                num_samples=samples, allow_smaller=True,
+            ),
+            mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
+            mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
+            mt.RandFlipd(keys, prob=0.5, spatial_axis=2),
+            mt.RandRotated(keys, range_x=0.0, range_y=0.0, range_z=0.26, prob=0.3, mode=("bilinear", "nearest"),
+                           padding_mode="border"),
+            mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
+            mt.RandShiftIntensityd("image", offsets=0.05, prob=0.5),
+            mt.RandGaussianNoised("image", std=0.02, prob=0.3),
+        ]
+    )
+
+
+def _dice(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """Intersection and sum of sizes (aggregated over a validation set before dividing)."""
+    p, t = pred.bool(), target.bool()
+    return float((p & t).sum()), float(p.sum() + t.sum())
+
+
+class Trainer:
+    """Trains one stage on a list of cases and publishes the best model to ``model_path``."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        contract: LabelContract,
+        model_path: str | Path,
+        stats_path: str | Path | None = None,
+        device: torch.device | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.contract = contract
+        self.model_path = Path(model_path)
+        self.stats_path = Path(stats_path) if stats_path else self.model_path.with_suffix(".stats.json")
+        self.device = device or default_device()
+        self.progress = progress or (lambda msg: logger.info(msg))
+
+    def _write_stats(self, result: TrainResult) -> None:
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".stats-", dir=self.stats_path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
+        os.replace(tmp, self.stats_path)
+
+    def _network(self) -> tuple[torch.nn.Module, bool]:
+        net = self.cfg.spec.build()
+        warm = False
+        if self.cfg.warm_start and self.model_path.exists():
+            try:
+                ckpt = read_checkpoint(self.model_path)
+                if ckpt.spec == self.cfg.spec and tuple(ckpt.spacing) == tuple(self.cfg.spacing):
+                    net.load_state_dict(ckpt.state_dict)
+                    warm = True
+            except CheckpointError as e:
+                self.progress(f"not warm-starting: {e}")
+        return net.to(self.device), warm
+
+    def _validate(self, net: torch.nn.Module, val: list[PreparedCase]) -> float:
+        net.eval()
+        inter = total = 0.0
+        with torch.no_grad(), autocast_for(self.device, self.cfg.amp):
+            for case in val:
+                x = case.image.to(self.device).unsqueeze(0)
+                if self.cfg.stage == "organ":
+                    xp, back = pad_to_multiple(x[0], self.cfg.spec.divisor)
+                    logits = net(xp.unsqueeze(0))[0][back]
+                else:
+                    logits = sliding_window_inference(x, self.cfg.patch_size, 2, net, overlap=0.25, mode="gaussian")[0]
+                pred = logits.float().argmax(0)
+                i, s = _dice(pred, case.target[0].to(self.device))
+                inter, total = inter + i, total + s
+        return 1.0 if total == 0 else 2 * inter / total
+
+    def fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
+        cfg = self.cfg
+        t_start = time.time()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        if not cases:
+            raise ValueError(f"no labelled studies to train the {cfg.stage} stage on")
+        train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+        result = TrainResult(
+            cfg.stage, "RUNNING", 0, cfg.max_epochs, None, None,
+            train_cases=[c.name for c in train_cases], val_cases=[c.name for c in val_cases],
+            start_ts=int(t_start), model_path=str(self.model_path), device=str(self.device),
+        )
+        self._write_stats(result)
+        self.progress(f"[{cfg.stage}] preparing {len(train_cases)} training + {len(val_cases)} validation studies")
+        train = [prepare_case(c, cfg, self.contract) for c in train_cases]
+        val = [prepare_case(c, cfg, self.contract) for c in val_cases]
+
+        net, result.warm_started = self._network()
+        optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-5)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.max_epochs, eta_min=cfg.learning_rate * 0.05)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        pos = 0.5 if cfg.stage == "organ" else 0.67
+        augment = _augment(cfg.patch_size, pos, cfg.samples_per_volume)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp
+                                      and not torch.cuda.is_bf16_supported())
+        best_state, best = None, -1.0
+
+        for epoch in range(1, cfg.max_epochs + 1):
+            net.train()
+            patches = []
+            for case in train:
+                patches.extend(augment({"image": case.image, "label": case.target}))
+            order = np.random.permutation(len(patches))
+            losses = []
+            for b in range(0, len(order), cfg.batch_size):
+                batch = [patches[i] for i in order[b:b + cfg.batch_size]]
+                x = torch.stack([torch.as_tensor(p["image"]) for p in batch]).to(self.device, non_blocking=True)
+                y = torch.stack([torch.as_tensor(p["label"]) for p in batch]).to(self.device, non_blocking=True)
+                optimiser.zero_grad(set_to_none=True)
+                with autocast_for(self.device, cfg.amp):
+                    logits = net(x)
+                loss = loss_fn(logits.float(), y.float())
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+                losses.append(float(loss.detach()))
+            scheduler.step()
+            result.train_loss.append(round(float(np.mean(losses)), 5))
+            metric = None
+            if val and (epoch % cfg.val_every == 0 or epoch == cfg.max_epochs):
+                metric = self._validate(net, val)
+                result.val_dice.append(round(metric, 5))
+            score = metric if metric is not None else (-result.train_loss[-1] if not val else None)
+            if score is not None and score > best:
+                best = score
+                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                result.best_metric = round(metric, 5) if metric is not None else None
+                result.best_metric_epoch = epoch
+            result.epochs_done = epoch
+            result.total_time_s = time.time() - t_start
+            self.progress(
+                f"[{cfg.stage}] epoch {epoch}/{cfg.max_epochs} loss {result.train_loss[-1]:.4f}"
+                + (f" val Dice {metric:.4f}" if metric is not None else "")
+                + f" ({result.total_time_s:.0f}s)"
+            )
+            self._write_stats(result)
+            if cfg.max_minutes and result.total_time_s > cfg.max_minutes * 60:
+                result.message = f"stopped after {cfg.max_minutes} min time budget"
+                break
+
+        if best_state is None:
+            best_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        summary = {
+            "stage": cfg.stage,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()),
+            "best_dice": result.best_metric,
+            "best_epoch": result.best_metric_epoch,
+            "epochs": result.epochs_done,
+            "train_cases": result.train_cases,
+            "val_cases": result.val_cases,
+        }
+        publish_checkpoint(Checkpoint(cfg.spec, best_state, tuple(cfg.spacing), summary), self.model_path)
+        result.published = True
+        result.status = "DONE"
+        result.total_time_s = time.time() - t_start
+        self._write_stats(result)
+        self.progress(f"[{cfg.stage}] published {self.model_path} (best val Dice {result.best_metric})")
+        return result
+
+
+def cases_from_folder(studies: Path) -> list[TrainingCase]:
+    """Labelled studies of a local datastore folder (labels in contract values)."""
+    out = []
+    for label in sorted((studies / "labels" / "final").glob("*.nii.gz")):
+        image = studies / label.name
+        if image.exists():
+            out.append(TrainingCase(label.name[: -len(".nii.gz")], image, label))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from radcascade.sample_data import generate_datastore
+
+    p = argparse.ArgumentParser(description="Train the organ and lesion stages on a studies folder.")
+    p.add_argument("--studies", type=Path, help="local datastore folder (images + labels/final)")
+    p.add_argument("--generate", type=int, default=0, help="generate this many labelled studies instead")
+    p.add_argument("--seed", type=int, default=1000, help="generator seed (never the sample set's 0)")
+    p.add_argument("--out", type=Path, required=True, help="folder for organ.pt / lesion.pt")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--lesion-epochs", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    studies = a.studies
+    if a.generate:
+        studies = Path(tempfile.mkdtemp(prefix="radcascade-train-"))
+        print(f"generating {a.generate} studies (seed {a.seed}) in {studies}", flush=True)
+        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train")
+    if studies is None:
+        p.error("give --studies or --generate")
+    cases = cases_from_folder(studies)
+    contract = LabelContract()
+    for stage in a.stages:
+        epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
+        cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold)
+        Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True)).fit(cases)
+
+
+if __name__ == "__main__":
+    main()

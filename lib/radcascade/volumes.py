@@ -1,0 +1,225 @@
+"""Reading, validating and writing 3D volumes (NIfTI, NRRD, MHA, DICOM series folders).
+
+Everything downstream works on a :class:`Volume`: a float32 array indexed ``(x, y, z)`` in a
+canonical LPS orientation, with its spacing.  The original geometry is kept so that a label map
+can be written back exactly onto the image the user sent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+CANONICAL_ORIENTATION = "LPS"
+DEFAULT_MAX_VOXELS = 1024**3  # refuse anything larger before reading its voxels
+GEOMETRY_TOLERANCE_MM = 1e-3
+
+
+class InvalidVolumeError(ValueError):
+    """A file is not a usable 3D volume (unreadable, wrong dimensionality, bad geometry)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image lies in space, as SimpleITK describes it (x, y, z order)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    def matches(self, other: "Geometry", tol: float = GEOMETRY_TOLERANCE_MM) -> bool:
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=max(tol, 1e-3 * max(self.spacing)))
+            and np.allclose(self.direction, other.direction, atol=1e-4)
+        )
+
+
+@dataclass
+class Volume:
+    """A 3D image in canonical orientation: ``array[x, y, z]`` (float32) and its spacing in mm."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    canonical: sitk.Image  # header-only reference for writing results (canonical orientation)
+    original: Geometry  # geometry of the file as the user sent it
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    def index_to_physical(self, index) -> tuple[float, float, float]:
+        """Physical (LPS, mm) coordinates of a continuous voxel index ``(x, y, z)``."""
+        return tuple(self.canonical.TransformContinuousIndexToPhysicalPoint([float(i) for i in index]))
+
+
+def _read_header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InvalidVolumeError(f"{path.name}: not a readable medical image ({_first_line(e)})") from None
+    return reader
+
+
+def _first_line(e: Exception) -> str:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    useful = [l for l in lines if "Exception" not in l and "sitk::ERROR" not in l] or lines
+    return (useful[-1] if useful else type(e).__name__)[:200]
+
+
+def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> sitk.Image:
+    """Read a 3D image, validating the header before any voxel is loaded."""
+    path = Path(path)
+    if path.is_dir():
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        if not names:
+            raise InvalidVolumeError(f"{path.name}: folder holds no DICOM series")
+        series = sitk.ImageSeriesReader()
+        series.SetFileNames(names)
+        image = series.Execute()
+        _check_geometry(path.name, image.GetDimension(), image.GetSize(), image.GetSpacing(), max_voxels)
+        return _check_voxels(path.name, image)
+    if not path.is_file():
+        raise InvalidVolumeError(f"{path}: no such file")
+    reader = _read_header(path)
+    size = reader.GetSize()
+    dim = reader.GetDimension()
+    if dim == 4 and size[3] == 1:
+        dim, size = 3, size[:3]
+    _check_geometry(path.name, dim, size, reader.GetSpacing()[:3], max_voxels)
+    if reader.GetNumberOfComponents() != 1:
+        raise InvalidVolumeError(f"{path.name}: {reader.GetNumberOfComponents()} components per voxel; expected a scalar image")
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise InvalidVolumeError(f"{path.name}: voxel data unreadable or truncated ({_first_line(e)})") from None
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    return _check_voxels(path.name, image)
+
+
+def _check_geometry(name, dim, size, spacing, max_voxels) -> None:
+    if dim != 3:
+        raise InvalidVolumeError(f"{name}: {dim}D image; a 3D volume is required")
+    if min(size) < 2:
+        raise InvalidVolumeError(f"{name}: size {tuple(size)} is degenerate; a 3D volume is required")
+    n = int(np.prod([int(s) for s in size], dtype=np.int64))
+    if n > max_voxels:
+        raise InvalidVolumeError(f"{name}: {n} voxels {tuple(size)} exceeds the limit of {max_voxels}")
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InvalidVolumeError(f"{name}: spacing {tuple(spacing)} must be positive")
+
+
+def _check_voxels(name: str, image: sitk.Image) -> sitk.Image:
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(image)
+        if not np.isfinite(arr).all():
+            raise InvalidVolumeError(f"{name}: holds NaN or infinite voxel values")
+    return image
+
+
+def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    """Read and validate an image, reorient to LPS and return it as a float32 :class:`Volume`."""
+    image = read_image(path, max_voxels)
+    return volume_from_image(image)
+
+
+def volume_from_image(image: sitk.Image) -> Volume:
+    original = Geometry.of(image)
+    canonical = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+    array = sitk.GetArrayFromImage(canonical).transpose(2, 1, 0).astype(np.float32, copy=False)
+    header = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    header.SetSpacing(canonical.GetSpacing())
+    header.SetOrigin(canonical.GetOrigin())
+    header.SetDirection(canonical.GetDirection())
+    return Volume(np.ascontiguousarray(array), tuple(canonical.GetSpacing()), header, original)
+
+
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """Geometry of an image file from its header alone (no voxels read)."""
+    path = Path(path)
+    if path.is_dir():
+        return Geometry.of(read_image(path))
+    reader = _read_header(path)
+    dim = reader.GetDimension()
+    if dim == 4 and reader.GetSize()[3] == 1:
+        dim = 3
+    if dim != 3:
+        raise InvalidVolumeError(f"{path.name}: {dim}D image; a 3D volume is required")
+    direction = reader.GetDirection()
+    if len(direction) == 16:
+        direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
+    return Geometry(tuple(reader.GetSize()[:3]), tuple(reader.GetSpacing()[:3]), tuple(reader.GetOrigin()[:3]), tuple(direction))
+
+
+def read_label(path: str | os.PathLike, expected: Geometry) -> sitk.Image:
+    """Read a label map that must lie exactly on an image of geometry ``expected``."""
+    label = read_image(path)
+    geom = Geometry.of(label)
+    if geom.size != expected.size:
+        raise InvalidVolumeError(f"label size {geom.size} differs from its image's size {expected.size}")
+    if not geom.matches(expected):
+        raise InvalidVolumeError("label geometry (spacing/origin/direction) differs from its image's")
+    arr = sitk.GetArrayViewFromImage(label)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.isfinite(arr).all() or not np.equal(np.mod(arr, 1), 0).all():
+            raise InvalidVolumeError("label holds non-integer values")
+    return label
+
+
+def load_label_for(path: str | os.PathLike, image: Volume) -> np.ndarray:
+    """Read a label map that must share ``image``'s geometry; return it canonical, ``[x, y, z]``."""
+    label = read_label(path, image.original)
+    canonical = sitk.DICOMOrient(label, CANONICAL_ORIENTATION)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(canonical).transpose(2, 1, 0)).astype(np.int32)
+
+
+def label_image_like(label: np.ndarray, volume: Volume) -> sitk.Image:
+    """Wrap a canonical ``[x, y, z]`` label array and put it back into the image's original orientation."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(label.astype(np.uint8, copy=False).transpose(2, 1, 0)))
+    img.CopyInformation(_header_of_size(volume.canonical, label.shape))
+    direction = np.array(volume.original.direction).reshape(3, 3)
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction.ravel().tolist())
+    out = sitk.DICOMOrient(img, orientation)
+    # DICOMOrient only permutes/flips axes; restore the exact original direction (oblique scans).
+    out.SetDirection(volume.original.direction)
+    out.SetOrigin(volume.original.origin)
+    return out
+
+
+def _header_of_size(header: sitk.Image, shape) -> sitk.Image:
+    ref = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
+    ref.SetSpacing(header.GetSpacing())
+    ref.SetOrigin(header.GetOrigin())
+    ref.SetDirection(header.GetDirection())
+    return ref
+
+
+def atomic_write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=compress)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
