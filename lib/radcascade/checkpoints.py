@@ -8,6 +8,8 @@ the old complete model or the new complete model, never a half-written one.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -67,10 +69,13 @@ def publish_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and validate a model file. Raises :class:`CheckpointError` with a clear message."""
     path = Path(path)
+    return parse_checkpoint(path.read_bytes(), path)
+
+
+def parse_checkpoint(data: bytes, path: Path) -> Checkpoint:
+    """Validate the bytes of a model file (``path`` only names it in messages)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickle errors
         raise CheckpointError(f"model file {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
@@ -95,6 +100,7 @@ class LoadedModel:
     network: torch.nn.Module
     checkpoint: Checkpoint
     file_stamp: tuple
+    digest: str  # sha256 prefix of the file: which weights answered a request
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -135,7 +141,8 @@ class WarmModel:
             if stamp == self._bad_stamp:
                 return self._loaded
             try:
-                ckpt = read_checkpoint(self.path)
+                data = self.path.read_bytes()
+                ckpt = parse_checkpoint(data, self.path)
             except (CheckpointError, FileNotFoundError) as e:
                 self._bad_stamp = stamp
                 self.problem = str(e)
@@ -144,10 +151,15 @@ class WarmModel:
             net = ckpt.spec.build()
             net.load_state_dict(ckpt.state_dict)
             net.to(self.device).eval()
-            self._loaded = LoadedModel(net, ckpt, stamp)
+            self._loaded = LoadedModel(net, ckpt, stamp, hashlib.sha256(data).hexdigest()[:16])
             self.problem = None
             logger.info("loaded %s (%s)", self.path.name, ckpt.summary.get("trained_at", "unknown date"))
             return self._loaded
+
+    def version(self) -> str | None:
+        """Digest of the weights in use, or None when untrained."""
+        loaded = self.get()
+        return loaded.digest if loaded else None
 
     def status(self) -> str:
         """A one-line honest description for ``/info``."""

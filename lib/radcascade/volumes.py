@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,16 @@ GEOMETRY_TOLERANCE_MM = 1e-3
 
 
 class InvalidVolumeError(ValueError):
-    """A file is not a usable 3D volume (unreadable, wrong dimensionality, bad geometry)."""
+    """A file is not a usable 3D volume (unreadable, wrong dimensionality, bad geometry).
+
+    ``reason`` is the problem alone, so a caller can name the file the way its user knows it
+    (an image id rather than a temporary upload path).
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}" if name else reason)
+        self.name = name
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -70,14 +80,9 @@ def _read_header(path: Path) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise InvalidVolumeError(f"{path.name}: not a readable medical image ({_first_line(e)})") from None
+        raise InvalidVolumeError(path.name, "not a readable medical image (NIfTI, NRRD, MHA or DICOM)") from None
     return reader
 
-
-def _first_line(e: Exception) -> str:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    useful = [l for l in lines if "Exception" not in l and "sitk::ERROR" not in l] or lines
-    return (useful[-1] if useful else type(e).__name__)[:200]
 
 
 def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> sitk.Image:
@@ -86,14 +91,14 @@ def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) ->
     if path.is_dir():
         names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
         if not names:
-            raise InvalidVolumeError(f"{path.name}: folder holds no DICOM series")
+            raise InvalidVolumeError(path.name, "folder holds no DICOM series")
         series = sitk.ImageSeriesReader()
         series.SetFileNames(names)
         image = series.Execute()
         _check_geometry(path.name, image.GetDimension(), image.GetSize(), image.GetSpacing(), max_voxels)
         return _check_voxels(path.name, image)
     if not path.is_file():
-        raise InvalidVolumeError(f"{path}: no such file")
+        raise InvalidVolumeError(str(path), "no such file")
     reader = _read_header(path)
     size = reader.GetSize()
     dim = reader.GetDimension()
@@ -101,33 +106,75 @@ def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) ->
         dim, size = 3, size[:3]
     _check_geometry(path.name, dim, size, reader.GetSpacing()[:3], max_voxels)
     if reader.GetNumberOfComponents() != 1:
-        raise InvalidVolumeError(f"{path.name}: {reader.GetNumberOfComponents()} components per voxel; expected a scalar image")
+        raise InvalidVolumeError(path.name, f"{reader.GetNumberOfComponents()} components per voxel; expected a scalar image")
+    _check_complete(path, reader)
     try:
         image = reader.Execute()
-    except RuntimeError as e:
-        raise InvalidVolumeError(f"{path.name}: voxel data unreadable or truncated ({_first_line(e)})") from None
+    except RuntimeError:
+        raise InvalidVolumeError(path.name, "voxel data unreadable or truncated") from None
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
     return _check_voxels(path.name, image)
 
 
+def _voxel_bytes(reader: sitk.ImageFileReader) -> int:
+    n = int(np.prod([int(v) for v in reader.GetSize()], dtype=np.int64))
+    probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    return n * int(sitk.GetArrayViewFromImage(probe).itemsize) * reader.GetNumberOfComponents()
+
+
+def _gzip_complete(stream: bytes) -> bool:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        for i in range(0, len(stream), 1 << 22):
+            d.decompress(stream[i : i + (1 << 22)], 0)
+            if d.eof:
+                break
+    except zlib.error:
+        return False
+    return d.eof
+
+
+def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse truncated files that ITK would silently read as partly empty."""
+    name = path.name.lower()
+    data = path.read_bytes()
+    if name.endswith(".gz"):
+        ok = _gzip_complete(data)
+    elif name.endswith(".nii"):
+        ok = len(data) >= 348 + _voxel_bytes(reader)
+    elif name.endswith(".nrrd") and b"\n\n" in data[:65536]:
+        header, payload = data.split(b"\n\n", 1)
+        encoding = next((l.split(b":", 1)[1].strip().lower() for l in header.splitlines() if l.lower().startswith(b"encoding:")), b"raw")
+        if encoding in (b"gzip", b"gz"):
+            ok = _gzip_complete(payload)
+        elif encoding == b"raw" and b"data file:" not in header.lower():
+            ok = len(payload) >= _voxel_bytes(reader)
+        else:
+            ok = True
+    else:
+        ok = True
+    if not ok:
+        raise InvalidVolumeError(path.name, "file is truncated or its compressed data is corrupt")
+
+
 def _check_geometry(name, dim, size, spacing, max_voxels) -> None:
     if dim != 3:
-        raise InvalidVolumeError(f"{name}: {dim}D image; a 3D volume is required")
+        raise InvalidVolumeError(name, f"{dim}D image; a 3D volume is required")
     if min(size) < 2:
-        raise InvalidVolumeError(f"{name}: size {tuple(size)} is degenerate; a 3D volume is required")
+        raise InvalidVolumeError(name, f"size {tuple(size)} is degenerate; a 3D volume is required")
     n = int(np.prod([int(s) for s in size], dtype=np.int64))
     if n > max_voxels:
-        raise InvalidVolumeError(f"{name}: {n} voxels {tuple(size)} exceeds the limit of {max_voxels}")
+        raise InvalidVolumeError(name, f"{n} voxels {tuple(size)} exceeds the limit of {max_voxels}")
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise InvalidVolumeError(f"{name}: spacing {tuple(spacing)} must be positive")
+        raise InvalidVolumeError(name, f"spacing {tuple(spacing)} must be positive")
 
 
 def _check_voxels(name: str, image: sitk.Image) -> sitk.Image:
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         arr = sitk.GetArrayViewFromImage(image)
         if not np.isfinite(arr).all():
-            raise InvalidVolumeError(f"{name}: holds NaN or infinite voxel values")
+            raise InvalidVolumeError(name, "holds NaN or infinite voxel values")
     return image
 
 
@@ -158,7 +205,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     if dim == 4 and reader.GetSize()[3] == 1:
         dim = 3
     if dim != 3:
-        raise InvalidVolumeError(f"{path.name}: {dim}D image; a 3D volume is required")
+        raise InvalidVolumeError(path.name, f"{dim}D image; a 3D volume is required")
     direction = reader.GetDirection()
     if len(direction) == 16:
         direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
@@ -170,13 +217,13 @@ def read_label(path: str | os.PathLike, expected: Geometry) -> sitk.Image:
     label = read_image(path)
     geom = Geometry.of(label)
     if geom.size != expected.size:
-        raise InvalidVolumeError(f"label size {geom.size} differs from its image's size {expected.size}")
+        raise InvalidVolumeError("label", f"size {geom.size} differs from its image's size {expected.size}")
     if not geom.matches(expected):
-        raise InvalidVolumeError("label geometry (spacing/origin/direction) differs from its image's")
+        raise InvalidVolumeError("label", "geometry (spacing/origin/direction) differs from its image's")
     arr = sitk.GetArrayViewFromImage(label)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.isfinite(arr).all() or not np.equal(np.mod(arr, 1), 0).all():
-            raise InvalidVolumeError("label holds non-integer values")
+            raise InvalidVolumeError("label", "holds non-integer values")
     return label
 
 

@@ -24,13 +24,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
 from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
 from radcascade.serving.infer import CascadeInferTask, LesionInferTask, OrganInferTask
+from radcascade.serving.strategies import RandomUnlabelled
 from radcascade.serving.train import StageTrainTask
 from radcascade.stages import default_device
 from radcascade.training import STAGES
@@ -109,7 +109,7 @@ class RadCascadeApp(MONAILabelApp):
         }
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random(), "first": First()}
+        return {"random": RandomUnlabelled(), "first": First()}
 
     # -- request checks the stock app leaves out --------------------------------------------------
     def infer(self, request, datastore=None):

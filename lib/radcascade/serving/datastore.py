@@ -70,7 +70,7 @@ class ValidatingDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         ext = _suffix(image_filename)
         image_id = check_id("image id", image_id or os.path.basename(image_filename)[: -len(ext)])
-        with as_http_errors():
+        with as_http_errors(f"image '{image_id}'"):
             read_image(image_filename, self.max_voxels)
         existing = self._datastore.objects.get(image_id)
         if existing is not None and existing.labels:
@@ -100,8 +100,9 @@ class ValidatingDatastore(LocalDatastore):
         _suffix(label_filename)
         params = dict(label_info or {})
         submitted_info = params.get("label_info")
-        with as_http_errors():
+        with as_http_errors(f"image '{image_id}'"):
             expected = read_geometry(image_uri)
+        with as_http_errors(f"label for '{image_id}'"):
             label = read_label(label_filename, expected)
             values = sitk.GetArrayFromImage(label)
             remapped = self.contract.remap_by_name(values, submitted_info)

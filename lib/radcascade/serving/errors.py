@@ -21,14 +21,19 @@ def client_error(status: int, message: str) -> HTTPException:
 
 
 @contextlib.contextmanager
-def as_http_errors():
-    """Map core exceptions raised inside the block to ``HTTPException``s."""
+def as_http_errors(subject: str | None = None):
+    """Map core exceptions raised inside the block to ``HTTPException``s.
+
+    ``subject`` (e.g. "image 'study_001'") replaces the file name in volume errors, so an upload
+    is named the way the user knows it, not by its temporary path.
+    """
     try:
         yield
     except HTTPException:
         raise
     except InvalidVolumeError as e:
-        raise client_error(413 if "exceeds the limit" in str(e) else 422, str(e)) from None
+        message = f"{subject}: {e.reason}" if subject else str(e)
+        raise client_error(413 if "exceeds the limit" in e.reason else 422, message) from None
     except LabelContractError as e:
         raise client_error(422, str(e)) from None
     except (StageUntrainedError, CheckpointError) as e:

@@ -74,7 +74,7 @@ class _CascadeTask(InferTask):
         path = request.get("image")
         if not path:
             raise client_error(404, "no image given")
-        with as_http_errors():
+        with as_http_errors(f"image '{Path(path).name}'"):
             return load_volume(path, self.max_voxels)
 
     def _respond(self, volume: Volume, result: CascadeResult, t0: float, latencies: dict) -> Tuple[str, Dict]:
@@ -83,7 +83,10 @@ class _CascadeTask(InferTask):
         result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
         result.latencies_s["total"] = time.perf_counter() - t0
         out = result.to_json(self.cascade.contract)
-        out["models"] = {name: self._models()[name].status() for name in self.stage_names}
+        out["models"] = {
+            name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
+            for name in self.stage_names
+        }
         return path, out
 
 
