@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from conftest import Server, make_studies, start_server, stop_server
+from conftest import PRETRAINED, Server, make_studies, start_server, stop_server
 from radcascade.labels import LabelContract
 
 pytestmark = pytest.mark.server
@@ -26,14 +28,11 @@ def server(tmp_path_factory) -> Server:
     studies = make_studies(root / "studies", labelled=3, unlabelled=3)
     model_dir = root / "model"
     model_dir.mkdir()
-    from conftest import PRETRAINED
-    import shutil
-
     for f in ("organ.pt", "lesion.pt"):
         shutil.copy(PRETRAINED / f, model_dir / f)
     srv = start_server(studies, model_dir, root / "server.log")
     yield srv
-    stop_server(srv.process)
+    stop_server(srv)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +90,7 @@ def test_next_sample_returns_unlabelled_studies(client, server):
 def test_infer_cascade_returns_contract_label_on_image_geometry(client, server):
     image_id = server.studies.unlabelled[0]
     label_path, result = client.infer("cascade", image_id, {})
-    if isinstance(result, (bytes, str)):
-        import json
-
+    if isinstance(result, (bytes, str)):  # the client may hand back raw bytes
         result = json.loads(result)
     label, label_img = _read(label_path)
     _, image = _read(server.studies.folder / f"{image_id}.nii.gz")

@@ -4,10 +4,10 @@ Each study is a CT-like volume in Hounsfield units (air, skin/fat, muscle, soft 
 ribs, kidneys, spleen, a liver-like organ of varied shape/size/position) with 0-5 lesions inside
 the organ, drawn from two classes that differ in *appearance*, not in one intensity:
 
-* **benign** (cyst-like): smooth ellipsoid, homogeneous, near-water density (-5..32 HU),
+* **benign** (cyst-like): smooth ellipsoid, homogeneous, near-water density (-5..40 HU),
   sharp margin;
-* **malignant** (metastasis-like): lobulated outline, heterogeneous core (15..65 HU),
-  an enhancing rim (+40..+100 HU over the core), blurred margin.
+* **malignant** (metastasis-like): lobulated outline, heterogeneous core (0..45 HU),
+  an enhancing rim (+30..+80 HU over the core), blurred margin.
 
 The core densities overlap, so no single threshold separates the classes.  Then the whole
 volume gets partial-volume blur and quantum noise.
@@ -191,15 +191,15 @@ def generate_study(
             stretch = rng.uniform(0.85, 1.15, size=3)
             er = np.sqrt((lx / stretch[0]) ** 2 + (ly / stretch[1]) ** 2 + (lz / stretch[2]) ** 2)
             mask = er <= radius
-            core = rng.uniform(-5, 32)
+            core = rng.uniform(-5, 40)
             values = core + _smooth_noise(rng, shape, 1.0, 2.0)
             hu = np.where(mask, values, hu)
         else:
             lobes = _radial_harmonics(rng, 5, rng.uniform(0.25, 0.45))
             rel = lr / (radius * lobes(lx, ly, lz, lr))
             mask = rel <= 1.0
-            core = rng.uniform(15, 65)
-            rim_boost = rng.uniform(40, 100)
+            core = rng.uniform(0, 45)
+            rim_boost = rng.uniform(30, 80)
             rim_width = np.clip(rng.uniform(1.5, 4.0) / radius, 0.12, 0.5)
             values = core + _smooth_noise(rng, shape, 0.8, rng.uniform(12, 25))
             values = values + rim_boost * np.clip((rel - (1 - rim_width)) / rim_width, 0, 1)

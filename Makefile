@@ -1,0 +1,49 @@
+# radcascade: two commands for users (`make serve`, `make test`); the rest are for developers.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STUDIES ?= sample-data/abdomen
+APP := apps/radcascade
+CONF ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv serve test sample-data pretrain bench clean
+
+venv: $(VENV)/.installed
+
+# The venv is (re)built when the dependency files change; requirements-lock.txt pins every
+# version that matters (see the comments there) and is applied as pip constraints.
+$(VENV)/.installed: pyproject.toml requirements-lock.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -c requirements-lock.txt -e ".[test]"
+	@touch $@
+
+# Serve the app on the bundled sample data (127.0.0.1 only; HOST=0.0.0.0 exposes it, see README).
+serve: venv $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt
+	PATH="$(CURDIR)/$(BIN):$$PATH" MONAI_LABEL_TRACKING_ENABLED=false \
+		$(BIN)/monailabel start_server --app $(APP) --studies $(STUDIES) --host $(HOST) --port $(PORT) $(CONF)
+
+test: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Regenerate the committed sample set (deterministic: same files every time).
+sample-data: venv
+	$(BIN)/python -m radcascade.sample_data --out $(STUDIES) --labelled 8 --unlabelled 4 --seed 0
+
+# Starting weights: trained on 32 generated studies (seed 1000, disjoint from the sample set).
+# Committed, so this only runs if they were deleted (CPU: ~40 min on 2 cores).
+$(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt:
+	$(MAKE) pretrain
+
+pretrain: venv
+	$(BIN)/python -m radcascade.training --generate 32 --seed 1000 --out $(APP)/pretrained --stages organ --epochs 30 --cold
+	$(BIN)/python -m radcascade.training --generate 32 --seed 1000 --out $(APP)/pretrained --stages lesion --epochs 150 --max-minutes 30 --cold
+
+bench: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/infer_latency.py
+
+clean:
+	rm -rf $(VENV) build lib/*.egg-info

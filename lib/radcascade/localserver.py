@@ -1,0 +1,75 @@
+"""Start and stop a real ``monailabel start_server`` on 127.0.0.1 (tests, benchmarks, soak runs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+APP_DIR = REPO / "apps" / "radcascade"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalServer:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, app_dir: Path = APP_DIR,
+                 env: dict[str, str] | None = None, timeout_s: float = 180) -> LocalServer:
+    """Run the app as a user would (``monailabel start_server``) and wait until ``/info/`` answers."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    full_env = {
+        **os.environ,
+        # `monailabel start_server` and its training subprocess run the `python` found on PATH.
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        "MONAI_LABEL_TRACKING_ENABLED": "false",
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    cmd = [str(bin_dir / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
+           "--host", "127.0.0.1", "--port", str(port)]
+    for k, v in (conf or {}).items():
+        cmd += ["--conf", k, str(v)]
+    fh = open(log, "w")
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    server = LocalServer(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(server.url + "/info/", timeout=5).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    server.stop()
+    raise RuntimeError(f"server did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")

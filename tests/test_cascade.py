@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import PRETRAINED
+from radcascade.cascade import Cascade
+from radcascade.labels import LabelContract
+from radcascade.preprocessing import BoundingBox, resample, sample_region
+from radcascade.stages import StageUntrainedError
+from radcascade.volumes import label_image_like, load_volume
+
+CONTRACT = LabelContract()
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return Cascade(CONTRACT, PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device("cpu"))
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def test_cascade_output_follows_contract_and_finds_the_organ(cascade, tiny_studies):
+    study = tiny_studies.studies[0]
+    volume = load_volume(tiny_studies.folder / f"{study.name}.nii.gz")
+    result = cascade.run(volume)
+    assert result.label.shape == volume.shape and result.label.dtype == np.uint8
+    assert set(np.unique(result.label)) <= {0, 1, 2}  # no classifier yet: one provisional class
+    assert result.organ_found
+    assert _dice(result.label >= 1, study.label >= 1) > 0.8, "starting weights should segment the organ"
+    js = result.to_json(CONTRACT)
+    assert js["provisional_classes"] and "provisional" in " ".join(js["notes"])
+    for f in result.lesions:
+        assert result.label[tuple(int(round(c)) for c in f.centroid_voxel)] in (1, 2)
+        assert f.volume_ml >= 0.02
+    written = label_image_like(result.label, volume)
+    assert written.GetSize() == sitk.ReadImage(str(tiny_studies.folder / f"{study.name}.nii.gz")).GetSize()
+
+
+def test_lesions_found_on_the_sample_resolution(cascade):
+    """On a study at the sample set's resolution the lesion stage finds the larger lesions."""
+    from radcascade.sample_data import generate_study
+    from radcascade.volumes import volume_from_image
+    from radcascade.sample_data import _to_sitk
+
+    hits = total = 0
+    for seed in (11, 12, 13):
+        study = generate_study(seed, "s")
+        volume = volume_from_image(_to_sitk(study.image, study.spacing, study.origin))
+        result = cascade.run(volume)
+        for lesion in study.lesions:
+            if lesion.diameter_mm < 15:
+                continue
+            total += 1
+            idx = tuple(int(round(c / s + (n - 1) / 2)) for c, s, n in zip(lesion.centre_mm, study.spacing, study.image.shape))
+            hits += int(result.label[idx] == 2)
+    assert total > 0 and hits / total >= 0.5, f"found {hits}/{total} lesions of >= 15 mm"
+
+
+def test_untrained_stage_is_reported(tmp_path, tiny_studies):
+    c = Cascade(CONTRACT, tmp_path / "none.pt", tmp_path / "none2.pt", torch.device("cpu"))
+    volume = load_volume(tiny_studies.folder / f"{tiny_studies.studies[0].name}.nii.gz")
+    with pytest.raises(StageUntrainedError, match="organ stage is untrained"):
+        c.run(volume)
+
+
+def test_region_sampling_equals_full_upsampling_then_crop():
+    """The organ stage's fast path (sample only the box) matches the reference (upsample all, crop)."""
+    torch.manual_seed(0)
+    coarse = torch.rand(1, 13, 11, 7)
+    full_shape = (52, 40, 23)
+    box = BoundingBox((5, 3, 2), (40, 31, 20))
+    reference = torch.nn.functional.interpolate(coarse[None], size=full_shape, mode="trilinear", align_corners=False)[0]
+    fast = sample_region(coarse, full_shape, box)
+    torch.testing.assert_close(fast, reference[(slice(None),) + box.slices], atol=1e-5, rtol=1e-5)
+
+
+def test_resample_preserves_mean_when_downsampling():
+    x = torch.rand(1, 64, 64, 30)
+    y = resample(x, (16, 16, 10))
+    assert y.shape == (1, 16, 16, 10)
+    assert abs(float(y.mean()) - float(x.mean())) < 1e-3
