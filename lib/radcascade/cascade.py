@@ -1,4 +1,4 @@
-"""The cascade: organ -> lesions (-> classifier, a later stage) in one pass over one in-memory image."""
+"""The cascade: organ -> lesions -> classifier in one pass over one in-memory image."""
 
 from __future__ import annotations
 
@@ -11,8 +11,19 @@ import torch
 from scipy import ndimage
 
 from radcascade.checkpoints import WarmModel
+from radcascade.classifier import load_classifier, predict_lesions
 from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE, LabelContract
-from radcascade.stages import LesionStage, OrganResult, OrganStage, default_device, synchronize
+from radcascade.patches import LesionGeometry, extract_patches
+from radcascade.preprocessing import BoundingBox
+from radcascade.stages import (
+    LesionStage,
+    OrganResult,
+    OrganStage,
+    StageUntrainedError,
+    autocast_for,
+    default_device,
+    synchronize,
+)
 from radcascade.volumes import Volume, load_volume
 
 MIN_LESION_ML = 0.02  # components smaller than this (~3.4 mm diameter) are noise
@@ -29,7 +40,10 @@ class LesionFinding:
     volume_ml: float
     centroid_mm: tuple[float, float, float]  # physical LPS coordinates
     centroid_voxel: tuple[float, float, float]  # canonical (LPS-oriented) voxel index
-    mean_probability: float
+    mean_probability: float  # mean lesion-segmentation probability over the lesion
+    extent_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    probabilities: dict[str, float] = field(default_factory=dict)  # classifier, per class name
+    uncertainty: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -37,6 +51,7 @@ class LesionFinding:
         d["centroid_mm"] = [round(c, 2) for c in self.centroid_mm]
         d["centroid_voxel"] = [round(c, 2) for c in self.centroid_voxel]
         d["mean_probability"] = round(self.mean_probability, 4)
+        d["extent_mm"] = [round(e, 1) for e in self.extent_mm]
         return d
 
 
@@ -64,7 +79,7 @@ class CascadeResult:
         notes = list(self.notes)
         if self.provisional_classes:
             notes.append(
-                f"lesion classes are provisional: no classifier stage yet, every lesion is written as "
+                f"lesion classes are provisional: no trained classifier, every lesion is written as "
                 f"'{contract.lesion_classes[0]}' (value {FIRST_LESION_VALUE})"
             )
         out["notes"] = notes
@@ -72,7 +87,7 @@ class CascadeResult:
 
 
 class Cascade:
-    """Runs organ -> lesion on one volume; models are warm and follow republished files."""
+    """Runs organ -> lesion -> classifier on one volume; models are warm and follow republished files."""
 
     def __init__(
         self,
@@ -82,12 +97,15 @@ class Cascade:
         device: torch.device | None = None,
         amp: bool = True,
         min_lesion_ml: float = MIN_LESION_ML,
+        classifier_model: str | Path | WarmModel | None = None,
     ):
         self.contract = contract
         self.device = device or default_device()
-        as_warm = lambda m: m if isinstance(m, WarmModel) else WarmModel(m, self.device)  # noqa: E731
+        self.amp = amp
+        as_warm = lambda m, **kw: m if isinstance(m, WarmModel) else WarmModel(m, self.device, **kw)  # noqa: E731
         self.organ_model = as_warm(organ_model)
         self.lesion_model = as_warm(lesion_model)
+        self.classifier_model = as_warm(classifier_model, loader=load_classifier) if classifier_model else None
         self.organ_stage = OrganStage(self.organ_model, amp=amp)
         self.lesion_stage = LesionStage(self.lesion_model, amp=amp)
         self.min_lesion_ml = min_lesion_ml
@@ -100,7 +118,7 @@ class Cascade:
         result.latencies_s = {"load": load_s, **result.latencies_s}
         return volume, result
 
-    def run(self, volume: Volume, organ: "OrganResult | None" = None) -> CascadeResult:
+    def run(self, volume: Volume, organ: OrganResult | None = None) -> CascadeResult:
         """Run the stages; a given ``organ`` (e.g. from a corrected label) replaces stage 1."""
         t0 = time.perf_counter()
         image = torch.from_numpy(volume.array).to(self.device, non_blocking=True).unsqueeze(0)
@@ -113,8 +131,7 @@ class Cascade:
         latencies["organ"] = organ.latency_s
         label = np.zeros(volume.shape, dtype=np.uint8)
         if not organ.found:
-            latencies["lesion"] = 0.0
-            latencies["postprocess"] = 0.0
+            latencies.update(lesion=0.0, classifier=0.0, postprocess=0.0)
             return CascadeResult(label, False, 0.0, [], latencies, notes=["no organ found: no lesion search"])
 
         lesion = self.lesion_stage(image, volume.spacing, organ)
@@ -125,43 +142,86 @@ class Cascade:
         lesion_mask = lesion.mask.cpu().numpy()
         lesion_prob = lesion.probability.cpu().numpy()
         label[organ.box.slices][organ_mask] = ORGAN_VALUE
-        findings = self._lesions(lesion_mask, lesion_prob, lesion.box, volume, voxel_ml)
-        crop = label[lesion.box.slices]
-        components, _ = ndimage.label(lesion_mask)
-        keep = np.isin(components, [f.id for f in findings]) if findings else np.zeros_like(lesion_mask)
-        crop[keep] = FIRST_LESION_VALUE
-        # Renumber ids 1..n in output order (ids above were component numbers).
-        for i, f in enumerate(findings, start=1):
-            f.id = i
+        components, kept = self._components(lesion_mask, voxel_ml)
+        objects = ndimage.find_objects(components)
+        findings = [self._finding(i, comp, objects[comp - 1], components, lesion_prob, lesion.box, volume, voxel_ml)
+                    for i, comp in enumerate(kept, start=1)]
         latencies["postprocess"] = time.perf_counter() - t1
+        provisional = True
+        if findings:
+            provisional = not self._classify(image[0], volume, findings, latencies)
+        crop = label[lesion.box.slices]
+        for f, comp in zip(findings, kept):
+            crop[components == comp] = f.value
         organ_ml = float(organ_mask.sum()) * voxel_ml
-        return CascadeResult(label, True, organ_ml, findings, latencies)
+        return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
 
-    def _lesions(self, mask, prob, box, volume: Volume, voxel_ml: float) -> list[LesionFinding]:
+    def relabel(self, volume: Volume, label: np.ndarray) -> CascadeResult:
+        """Re-classify the lesions of a (corrected) contract-valued label; outlines stay as drawn."""
+        t0 = time.perf_counter()
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+        out = np.where(label >= 1, ORGAN_VALUE, 0).astype(np.uint8)
+        components, kept = self._components(label >= FIRST_LESION_VALUE, 0.0)
+        whole = BoundingBox((0, 0, 0), volume.shape)
+        ones = np.broadcast_to(np.float32(1), volume.shape)
+        objects = ndimage.find_objects(components)
+        findings = [self._finding(i, comp, objects[comp - 1], components, ones, whole, volume, voxel_ml)
+                    for i, comp in enumerate(kept, start=1)]
+        latencies = {"postprocess": time.perf_counter() - t0}
+        image = torch.from_numpy(volume.array).to(self.device)
+        classified = self._classify(image, volume, findings, latencies) if findings else True
+        if not classified:
+            raise StageUntrainedError(f"classifier stage is untrained: {self.classifier_model.problem if self.classifier_model else 'not configured'}")
+        for f, comp in zip(findings, kept):
+            out[components == comp] = f.value
+        return CascadeResult(out, bool((label >= 1).any()), float((label >= 1).sum()) * voxel_ml, findings, latencies,
+                             provisional_classes=False)
+
+    def _components(self, mask: np.ndarray, voxel_ml: float) -> tuple[np.ndarray, list[int]]:
+        """Connected lesions, largest first, dropping those under ``min_lesion_ml``."""
         components, n = ndimage.label(mask)
         if n == 0:
-            return []
-        idx = np.arange(1, n + 1)
-        sizes = ndimage.sum_labels(mask, components, idx)
-        centroids = ndimage.center_of_mass(mask, components, idx)
-        mean_prob = ndimage.mean(prob, components, idx)
-        out = []
-        for comp, size, c, p in zip(idx, sizes, centroids, mean_prob):
-            ml = float(size) * voxel_ml
-            if ml < self.min_lesion_ml:
-                continue
-            centre = tuple(float(ci + lo) for ci, lo in zip(c, box.lo))
-            out.append(
-                LesionFinding(
-                    id=int(comp),
-                    value=FIRST_LESION_VALUE,
-                    class_name=self.contract.lesion_classes[0],
-                    voxels=int(size),
-                    volume_ml=ml,
-                    centroid_mm=volume.index_to_physical(centre),
-                    centroid_voxel=centre,
-                    mean_probability=float(p),
-                )
-            )
-        out.sort(key=lambda f: -f.volume_ml)
-        return out
+            return components, []
+        sizes = ndimage.sum_labels(mask, components, np.arange(1, n + 1))
+        order = np.argsort(-sizes)
+        kept = [int(k + 1) for k in order if sizes[k] * voxel_ml >= (self.min_lesion_ml if voxel_ml else 0)]
+        return components, kept
+
+    def _finding(self, new_id: int, comp: int, sl, components, prob, box, volume: Volume, voxel_ml: float) -> LesionFinding:
+        region = components[sl] == comp
+        size = int(region.sum())
+        centre_local = ndimage.center_of_mass(region)
+        centre = tuple(float(c + s.start + lo) for c, s, lo in zip(centre_local, sl, box.lo))
+        extent = tuple(float((s.stop - s.start) * sp) for s, sp in zip(sl, volume.spacing))
+        return LesionFinding(
+            id=new_id,
+            value=FIRST_LESION_VALUE,
+            class_name=self.contract.lesion_classes[0],
+            voxels=size,
+            volume_ml=size * voxel_ml,
+            centroid_mm=volume.index_to_physical(centre),
+            centroid_voxel=centre,
+            mean_probability=float(prob[sl][region].mean()),
+            extent_mm=extent,
+        )
+
+    def _classify(self, image: torch.Tensor, volume: Volume, findings: list[LesionFinding], latencies: dict) -> bool:
+        """Paint classes into ``findings``; False when there is no usable classifier (provisional)."""
+        loaded = self.classifier_model.get() if self.classifier_model else None
+        if loaded is None:
+            return False
+        t0 = time.perf_counter()
+        ckpt = loaded.checkpoint
+        geoms = [LesionGeometry(f.centroid_voxel, f.extent_mm) for f in findings]
+        patches = extract_patches(image, volume.spacing, geoms, ckpt.patch)
+        with autocast_for(self.device, self.amp):
+            predictions = predict_lesions(loaded.network, patches)
+        for f, p in zip(findings, predictions):
+            name = ckpt.classes[p.class_index]
+            f.class_name = name
+            f.value = self.contract.value_of(name)
+            f.probabilities = {n: round(float(q), 4) for n, q in zip(ckpt.classes, p.probabilities)}
+            f.uncertainty = {"entropy": round(p.entropy, 4), "view_disagreement": round(p.view_disagreement, 4)}
+        synchronize(self.device)
+        latencies["classifier"] = time.perf_counter() - t0
+        return True

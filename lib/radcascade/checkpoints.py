@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -50,12 +52,17 @@ class Checkpoint:
 
 def publish_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temporary file + fsync + rename)."""
+    return atomic_torch_save(ckpt.to_payload(), path)
+
+
+def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt.to_payload(), f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -64,6 +71,21 @@ def publish_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write JSON through a temporary file and a rename (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -98,9 +120,17 @@ class LoadedModel:
     """A network on its device, in eval mode, with the checkpoint it came from."""
 
     network: torch.nn.Module
-    checkpoint: Checkpoint
+    checkpoint: Any  # Checkpoint, or the classifier's checkpoint; both carry ``summary``
     file_stamp: tuple
     digest: str  # sha256 prefix of the file: which weights answered a request
+
+
+def load_unet(data: bytes, path: Path, device: torch.device) -> tuple[torch.nn.Module, Checkpoint]:
+    """Loader of UNet stage files for :class:`WarmModel`."""
+    ckpt = parse_checkpoint(data, path)
+    net = ckpt.spec.build()
+    net.load_state_dict(ckpt.state_dict)
+    return net.to(device).eval(), ckpt
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -118,9 +148,11 @@ class WarmModel:
     with no usable model at all ``get()`` returns ``None`` and :attr:`problem` says why.
     """
 
-    def __init__(self, path: str | os.PathLike, device: torch.device):
+    def __init__(self, path: str | os.PathLike, device: torch.device,
+                 loader: Callable[[bytes, Path, torch.device], tuple[torch.nn.Module, Any]] = load_unet):
         self.path = Path(path)
         self.device = device
+        self.loader = loader
         self._lock = threading.Lock()
         self._loaded: LoadedModel | None = None
         self._bad_stamp: tuple | None = None
@@ -142,15 +174,12 @@ class WarmModel:
                 return self._loaded
             try:
                 data = self.path.read_bytes()
-                ckpt = parse_checkpoint(data, self.path)
+                net, ckpt = self.loader(data, self.path, self.device)
             except (CheckpointError, FileNotFoundError) as e:
                 self._bad_stamp = stamp
                 self.problem = str(e)
                 logger.error("%s; %s", e, "keeping the previous model" if self._loaded else "stage is untrained")
                 return self._loaded
-            net = ckpt.spec.build()
-            net.load_state_dict(ckpt.state_dict)
-            net.to(self.device).eval()
             self._loaded = LoadedModel(net, ckpt, stamp, hashlib.sha256(data).hexdigest()[:16])
             self.problem = None
             logger.info("loaded %s (%s)", self.path.name, ckpt.summary.get("trained_at", "unknown date"))
@@ -167,10 +196,13 @@ class WarmModel:
         if loaded is None:
             return f"UNTRAINED: {self.problem}"
         s = loaded.checkpoint.summary
-        metric = s.get("best_dice")
         text = f"trained {s.get('trained_at', '?')}"
-        if metric is not None:
-            text += f", validation Dice {metric:.3f}"
+        if s.get("best_dice") is not None:
+            text += f", validation Dice {s['best_dice']:.3f}"
+        if s.get("val_auc") is not None:
+            text += f", validation AUC {s['val_auc']:.3f}"
+        if s.get("mode"):
+            text += f" ({s['mode']}{', depth ' + str(s['depth']) if s.get('depth') is not None else ''})"
         if self.problem:
             text += f" (newer file rejected: {self.problem})"
         return text

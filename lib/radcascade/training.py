@@ -13,7 +13,6 @@ CLI (trains the committed starting weights on generated data)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from monai import transforms as mt
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
-from radcascade.checkpoints import Checkpoint, CheckpointError, publish_checkpoint, read_checkpoint
+from radcascade.checkpoints import Checkpoint, CheckpointError, publish_checkpoint, read_checkpoint, write_json_atomic
 from radcascade.labels import LabelContract
 from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import BoundingBox, normalize_hu, pad_to_multiple, resample, shape_at_spacing
@@ -202,11 +201,7 @@ class Trainer:
         self.progress = progress or (lambda msg: logger.info(msg))
 
     def _write_stats(self, result: TrainResult) -> None:
-        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".stats-", dir=self.stats_path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(result.to_json(), f, indent=1)
-        os.replace(tmp, self.stats_path)
+        write_json_atomic(self.stats_path, result.to_json())
 
     def _network(self) -> tuple[torch.nn.Module, bool]:
         net = self.cfg.spec.build()

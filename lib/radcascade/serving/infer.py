@@ -56,11 +56,14 @@ class _CascadeTask(InferTask):
         return self.cascade.contract.names_to_values()
 
     def _models(self):
-        return {"organ": self.cascade.organ_model, "lesion": self.cascade.lesion_model}
+        models = {"organ": self.cascade.organ_model, "lesion": self.cascade.lesion_model}
+        if self.cascade.classifier_model is not None:
+            models["classifier"] = self.cascade.classifier_model
+        return models
 
     def info(self) -> Dict[str, Any]:
         info = super().info()
-        status = {name: self._models()[name].status() for name in self.stage_names}
+        status = {name: self._models()[name].status() for name in self.stage_names if name in self._models()}
         untrained = [n for n, s in status.items() if s.startswith("UNTRAINED")]
         prefix = f"UNTRAINED ({', '.join(untrained)}): " if untrained else ""
         info["description"] = prefix + self._base_description + " | " + "; ".join(f"{k}: {v}" for k, v in status.items())
@@ -85,15 +88,15 @@ class _CascadeTask(InferTask):
         out = result.to_json(self.cascade.contract)
         out["models"] = {
             name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
-            for name in self.stage_names
+            for name in self.stage_names if name in self._models()
         }
         return path, out
 
 
 class CascadeInferTask(_CascadeTask):
-    """Organ then lesions, in one request, on one in-memory image."""
+    """Organ, then lesions, then their classes, in one request, on one in-memory image."""
 
-    stage_names = ("organ", "lesion")
+    stage_names = ("organ", "lesion", "classifier")
 
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
@@ -152,4 +155,34 @@ class LesionInferTask(_CascadeTask):
                 result.notes.append("organ taken from the uploaded label")
             else:
                 result = self.cascade.run(volume)
+        return self._respond(volume, result, t0, {"load": load_s})
+
+
+class ClassifyInferTask(_CascadeTask):
+    """Stage 3 on a corrected label: lesion outlines as drawn, classes re-predicted.
+
+    The label is the one uploaded with the request, or else the study's final label in the datastore.
+    """
+
+    stage_names = ("classifier",)
+
+    def __init__(self, cascade: Cascade, description: str, max_voxels: int, datastore):
+        super().__init__(cascade, description, max_voxels)
+        self.datastore = datastore
+
+    def __call__(self, request) -> Tuple[str, Dict]:
+        t0 = time.perf_counter()
+        volume = self._load(request)
+        load_s = time.perf_counter() - t0
+        label_path = request.get("label")
+        if not (label_path and Path(label_path).exists()):
+            image_id = request.get("image_id")
+            label_path = self.datastore().get_label_uri(image_id, "final") if image_id else ""
+            if not label_path:
+                raise client_error(404, f"no label to classify: upload one with the request or submit a final "
+                                        f"label for '{image_id}' first")
+        with as_http_errors("label"):
+            raw = load_label_for(label_path, volume)
+            label = self.cascade.contract.remap_by_name(raw, request.get("label_info"))
+            result = self.cascade.relabel(volume, label)
         return self._respond(volume, result, t0, {"load": load_s})

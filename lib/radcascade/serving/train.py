@@ -10,7 +10,11 @@ from typing import Any, Dict
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
+from radcascade.classifier import ClassifierConfig
+from radcascade.classifier_training import train_classifier_from_cases
 from radcascade.labels import LabelContract
+from radcascade.patches import PatchConfig
+from radcascade.serving.errors import as_http_errors
 from radcascade.training import TrainConfig, Trainer, TrainingCase
 
 logger = logging.getLogger(__name__)
@@ -20,12 +24,11 @@ def _bool(v) -> bool:
     return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
-class StageTrainTask(TrainTask):
-    """Retrains one cascade stage from the corrected labels and publishes the best model atomically."""
+class _DatastoreTrainTask(TrainTask):
+    """Reads the datastore's final labels (with their label-name mapping) and keeps train_stats."""
 
-    def __init__(self, stage: str, contract: LabelContract, model_path: Path, defaults: Dict[str, Any]):
-        super().__init__(f"Train the {stage} stage of the cascade from the datastore's final labels")
-        self.stage = stage
+    def __init__(self, description: str, contract: LabelContract, model_path: Path, defaults: Dict[str, Any]):
+        super().__init__(description)
         self.contract = contract
         self.model_path = Path(model_path)
         self.stats_path = self.model_path.with_suffix(".stats.json")
@@ -39,6 +42,9 @@ class StageTrainTask(TrainTask):
             return json.loads(self.stats_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
+
+    def options(self, request) -> Dict[str, Any]:
+        return {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
 
     def cases(self, datastore: Datastore) -> list[TrainingCase]:
         tag = DefaultLabelTag.FINAL.value
@@ -56,8 +62,48 @@ class StageTrainTask(TrainTask):
             )
         return out
 
+
+class ClassifierTrainTask(_DatastoreTrainTask):
+    """Retrains the lesion classifier: ``mode`` scratch / features / finetune / auto (Slicer option)."""
+
+    def __init__(self, contract: LabelContract, model_path: Path, defaults: Dict[str, Any], patch: PatchConfig,
+                 allow_download: bool):
+        super().__init__("Train the lesion classifier (scratch, deep features, layer-wise fine-tuning or auto)",
+                         contract, model_path, defaults)
+        self.patch = patch
+        self.allow_download = allow_download
+
     def __call__(self, request, datastore: Datastore):
-        opts = {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
+        opts = self.options(request)
+        depth = opts.get("depth")
+        cfg = ClassifierConfig(
+            mode=str(opts["mode"]),
+            backbone=str(opts["backbone"]),
+            weights=str(opts["weights"]) if opts.get("weights") else None,
+            depth=None if depth in (None, "", "all", -1) else int(depth),
+            classical=str(opts["classical"]),
+            epochs=int(opts["max_epochs"]),
+            learning_rate=float(opts["learning_rate"]),
+            val_fraction=float(opts["val_split"]),
+            seed=int(opts["seed"]),
+            allow_download=self.allow_download,
+        )
+        with as_http_errors():
+            result = train_classifier_from_cases(self.cases(datastore), self.contract, cfg, self.patch,
+                                                 self.model_path, self.stats_path)
+        return result.to_json()
+
+
+class StageTrainTask(_DatastoreTrainTask):
+    """Retrains one cascade stage from the corrected labels and publishes the best model atomically."""
+
+    def __init__(self, stage: str, contract: LabelContract, model_path: Path, defaults: Dict[str, Any]):
+        super().__init__(f"Train the {stage} stage of the cascade from the datastore's final labels",
+                         contract, model_path, defaults)
+        self.stage = stage
+
+    def __call__(self, request, datastore: Datastore):
+        opts = self.options(request)
         cfg = TrainConfig(
             stage=self.stage,
             max_epochs=int(opts["max_epochs"]),
