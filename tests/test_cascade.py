@@ -15,7 +15,8 @@ CONTRACT = LabelContract()
 
 @pytest.fixture(scope="module")
 def cascade():
-    return Cascade(CONTRACT, PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device("cpu"))
+    return Cascade(CONTRACT, PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device("cpu"),
+                   classifier_model=PRETRAINED / "classifier.pt")
 
 
 def _dice(a, b):
@@ -27,14 +28,23 @@ def test_cascade_output_follows_contract_and_finds_the_organ(cascade, tiny_studi
     volume = load_volume(tiny_studies.folder / f"{study.name}.nii.gz")
     result = cascade.run(volume)
     assert result.label.shape == volume.shape and result.label.dtype == np.uint8
-    assert set(np.unique(result.label)) <= {0, 1, 2}  # no classifier yet: one provisional class
+    assert set(np.unique(result.label)) <= {0, 1, 2, 3}
     assert result.organ_found
     assert _dice(result.label >= 1, study.label >= 1) > 0.8, "starting weights should segment the organ"
     js = result.to_json(CONTRACT)
-    assert js["provisional_classes"] and "provisional" in " ".join(js["notes"])
+    assert not js["provisional_classes"]
     for f in result.lesions:
-        assert result.label[tuple(int(round(c)) for c in f.centroid_voxel)] in (1, 2)
+        assert result.label[tuple(int(round(c)) for c in f.centroid_voxel)] in (1, f.value)
+        assert f.value == CONTRACT.value_of(f.class_name) and set(f.probabilities) == set(CONTRACT.lesion_classes)
         assert f.volume_ml >= 0.02
+
+
+def test_without_classifier_lesions_are_provisional(tiny_studies):
+    c = Cascade(CONTRACT, PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device("cpu"))
+    result = c.run(load_volume(tiny_studies.folder / f"{tiny_studies.studies[0].name}.nii.gz"))
+    assert set(np.unique(result.label)) <= {0, 1, 2}
+    js = result.to_json(CONTRACT)
+    assert js["provisional_classes"] and "provisional" in " ".join(js["notes"])
     written = label_image_like(result.label, volume)
     assert written.GetSize() == sitk.ReadImage(str(tiny_studies.folder / f"{study.name}.nii.gz")).GetSize()
 
@@ -55,7 +65,7 @@ def test_lesions_found_on_the_sample_resolution(cascade):
                 continue
             total += 1
             idx = tuple(int(round(c / s + (n - 1) / 2)) for c, s, n in zip(lesion.centre_mm, study.spacing, study.image.shape))
-            hits += int(result.label[idx] == 2)
+            hits += int(result.label[idx] >= 2)
     assert total > 0 and hits / total >= 0.5, f"found {hits}/{total} lesions of >= 15 mm"
 
 

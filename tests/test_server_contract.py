@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from conftest import PRETRAINED, Server, make_studies, start_server, stop_server
+from conftest import Server, copy_weights, make_studies, start_server, stop_server
 from radcascade.labels import LabelContract
 
 pytestmark = pytest.mark.server
@@ -28,8 +27,7 @@ def server(tmp_path_factory) -> Server:
     studies = make_studies(root / "studies", labelled=3, unlabelled=3)
     model_dir = root / "model"
     model_dir.mkdir()
-    for f in ("organ.pt", "lesion.pt"):
-        shutil.copy(PRETRAINED / f, model_dir / f)
+    copy_weights(model_dir)
     srv = start_server(studies, model_dir, root / "server.log")
     yield srv
     stop_server(srv)
@@ -102,14 +100,23 @@ def test_infer_cascade_returns_contract_label_on_image_geometry(client, server):
     assert result["label_names"] == {"background": 0, "liver": 1, "lesion benign": 2, "lesion malignant": 3}
     for stage in ("load", "organ", "lesion", "write", "total"):
         assert result["latencies"][stage] >= 0
-    assert result["provisional_classes"] is True
+    assert result["provisional_classes"] is False  # the committed classifier classifies every lesion
     for lesion in result["lesions"]:
         assert lesion["volume_ml"] > 0 and len(lesion["centroid_mm"]) == 3 and lesion["id"] >= 1
+        assert lesion["class_name"] in ("lesion benign", "lesion malignant")
+        assert sum(lesion["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert 0 <= lesion["uncertainty"]["entropy"] <= 1
+        assert label[tuple(int(round(c)) for c in lesion["centroid_voxel"])[::-1]] in (1, lesion["value"])
     assert result["lesion_count"] == len(result["lesions"])
 
 
+def _most_lesions(server):
+    """The unlabelled study with the most lesions (the one the tests submit a label for)."""
+    return max((s for s in server.studies.studies if s.name in server.studies.unlabelled[1:]), key=lambda s: len(s.lesions))
+
+
 def test_save_label_maps_slicer_segment_order_by_name(client, server, tmp_path):
-    study = next(s for s in server.studies.studies if s.name == server.studies.unlabelled[1])
+    study = _most_lesions(server)
     truth = study.label  # contract values, [x, y, z]
     # Slicer writes values in segment order: here malignant=1, liver=2, benign=3.
     slicer_order = {"lesion malignant": 1, "liver": 2, "lesion benign": 3}
@@ -127,6 +134,20 @@ def test_save_label_maps_slicer_segment_order_by_name(client, server, tmp_path):
     np.testing.assert_array_equal(_read(downloaded)[0], truth.transpose(2, 1, 0))
 
 
+def test_classify_reclassifies_the_submitted_label_and_explains(client, server):
+    study = _most_lesions(server)
+    label_path, result = client.infer("classify", study.name, {"saliency": True})
+    label, img = _read(label_path)
+    truth = study.label.transpose(2, 1, 0)
+    np.testing.assert_array_equal(label >= 1, truth >= 1)  # organ + lesions as drawn
+    np.testing.assert_array_equal(label >= 2, truth >= 2)  # outlines kept, classes re-predicted
+    assert set(np.unique(label[truth >= 2])) <= {2, 3}
+    assert result["lesion_count"] == len(study.lesions) > 0
+    assert result["saliency"]["available"] and len(result["saliency"]["peaks"]) == result["lesion_count"]
+    cam, cam_img = _read(client.download_label(study.name, "saliency"))
+    assert cam_img.GetSize() == img.GetSize() and cam.max() > 0
+
+
 def _wait_training(client, timeout=600) -> dict:
     deadline = time.time() + timeout
     time.sleep(1)
@@ -137,7 +158,7 @@ def _wait_training(client, timeout=600) -> dict:
 
 
 def test_train_publishes_new_weights_used_by_next_infer(client, server):
-    image_id = server.studies.unlabelled[2]
+    image_id = server.studies.unlabelled[0]
     _, before = client.infer("cascade", image_id, {})
     t_start = int(time.time())
     for stage in ("organ", "lesion"):
@@ -148,9 +169,16 @@ def test_train_publishes_new_weights_used_by_next_infer(client, server):
         assert stats["status"] == "DONE" and stats["epochs_done"] == 1
         assert stats["start_ts"] >= t_start and stats["published"] is True
         # the labels saved through the API are part of the training set
-        assert server.studies.unlabelled[1] in stats["train_cases"] + stats["val_cases"]
+        assert _most_lesions(server).name in stats["train_cases"] + stats["val_cases"]
+    client.train_start("classifier", {"mode": "features"})
+    status = _wait_training(client)
+    assert status["status"] == "DONE", status
+    stats = client.info()["train_stats"]["classifier"]
+    assert stats["status"] == "DONE" and stats["mode"] == "features" and stats["start_ts"] >= t_start
+    assert _most_lesions(server).name in stats["train_studies"] + stats["val_studies"]
+    assert not set(stats["train_studies"]) & set(stats["val_studies"])
     _, after = client.infer("cascade", image_id, {})
-    for stage in ("organ", "lesion"):
+    for stage in ("organ", "lesion", "classifier"):
         on_disk = _digest(server.model_dir / f"{stage}.pt")
         assert after["models"][stage]["version"] == on_disk
         assert after["models"][stage]["version"] != before["models"][stage]["version"]

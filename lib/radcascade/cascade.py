@@ -177,6 +177,19 @@ class Cascade:
         return CascadeResult(out, bool((label >= 1).any()), float((label >= 1).sum()) * voxel_ml, findings, latencies,
                              provisional_classes=False)
 
+    def saliency(self, volume: Volume, findings: list[LesionFinding]):
+        """Grad-CAM of each lesion's predicted class (uint8 volume, canonical) and the peaks."""
+        from radcascade.saliency import saliency_volume
+
+        loaded = self.classifier_model.get() if self.classifier_model else None
+        if loaded is None:
+            raise StageUntrainedError("saliency needs a trained classifier")
+        ckpt = loaded.checkpoint
+        geoms = [LesionGeometry(f.centroid_voxel, f.extent_mm) for f in findings]
+        classes = [ckpt.classes.index(f.class_name) for f in findings]
+        image = torch.from_numpy(volume.array).to(self.device)
+        return saliency_volume(loaded.network, image, volume.spacing, geoms, classes, ckpt.patch, volume.index_to_physical)
+
     def _components(self, mask: np.ndarray, voxel_ml: float) -> tuple[np.ndarray, list[int]]:
         """Connected lesions, largest first, dropping those under ``min_lesion_ml``."""
         components, n = ndimage.label(mask)

@@ -80,6 +80,12 @@ class LesionClassifierNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.feature_dim, n_classes))
         self._blocks = list(backbone.blocks)  # plain list: already registered inside ``features``
         self._frozen: list[nn.Module] = []
+        # EfficientNet-Lite ships BN momentum 0.01 (TF's 0.99): with the few hundred steps of a small
+        # medical data set the running statistics would barely move from their start and eval-mode
+        # outputs would be meaningless (seen: AUC 0.5 from scratch). PyTorch's default 0.1 instead.
+        for m in self.features.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.1
 
     @property
     def n_blocks(self) -> int:

@@ -118,7 +118,8 @@ class RadCascadeApp(MONAILabelApp):
     def init_infers(self) -> Dict[str, InferTask]:
         # Order matters: Slicer runs the first model on "Next sample".
         return {
-            "cascade": CascadeInferTask(self.cascade, "Organ, lesions inside it, and each lesion's class", self.max_voxels),
+            "cascade": CascadeInferTask(self.cascade, "Organ, lesions inside it, and each lesion's class",
+                                        self.max_voxels, self.datastore),
             "organ": OrganInferTask(self.cascade, "Stage 1: organ on the whole volume at coarse spacing", self.max_voxels),
             "lesion": LesionInferTask(self.cascade, "Stage 2: lesions in the organ box at fine spacing "
                                       "(organ from an uploaded label when given)", self.max_voxels),

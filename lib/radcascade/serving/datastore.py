@@ -133,6 +133,20 @@ class ValidatingDatastore(LocalDatastore):
         logger.info("saved label %s/%s (remapped by name: %s)", label_tag, image_id, submitted_info is not None)
         return image_id
 
+    def save_map(self, image_id: str, tag: str, image: sitk.Image) -> None:
+        """Store a server-made map (e.g. Grad-CAM) under ``labels/<tag>/`` so clients can download it."""
+        check_id("label tag", tag)
+        if tag == "final":
+            raise ValueError("maps never replace the final label")
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise client_error(404, f"unknown image id '{image_id}'")
+        name = self._filename(image_id, ".nii.gz")
+        with FileLock(self._lock_file):
+            atomic_write_image(image, Path(self._datastore.label_path(tag)) / name)
+            obj.labels[tag] = DataModel(info={"ts": int(time.time()), "name": name, "kind": tag}, ext=".nii.gz")
+            self._update_datastore_file(lock=False)
+
     def _keep_history(self, image_id: str, tag: str) -> None:
         obj = self._datastore.objects.get(image_id)
         old = obj.labels.get(tag) if obj else None

@@ -35,14 +35,39 @@ def write_result(label: np.ndarray, volume: Volume) -> str:
     return path
 
 
-class _CascadeTask(InferTask):
+def _wants(request: dict, key: str) -> bool:
+    v = request.get(key, False)
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+class _Saliency:
+    """On request (``"saliency": true``) a Grad-CAM map per lesion, stored as label tag ``saliency``."""
+
+    def _saliency(self, volume: Volume, result: CascadeResult, request: dict) -> dict | None:
+        if not _wants(request, "saliency"):
+            return None
+        if not result.lesions or result.provisional_classes:
+            return {"available": False, "reason": "no classified lesions"}
+        t0 = time.perf_counter()
+        cam, peaks = self.cascade.saliency(volume, result.lesions)
+        out = {"available": True, "peaks": [p.__dict__ for p in peaks], "tag": "saliency"}
+        image_id = request.get("image_id")
+        if image_id and self.datastore is not None:
+            self.datastore().save_map(image_id, "saliency", label_image_like(cam, volume))
+            out["download"] = f"/datastore/label?label={image_id}&tag=saliency"
+        result.latencies_s["saliency"] = time.perf_counter() - t0
+        return out
+
+
+class _CascadeTask(_Saliency, InferTask):
     """Common part: honest description, loading the request's image with validation."""
 
     stage_names: tuple[str, ...] = ()
 
-    def __init__(self, cascade: Cascade, description: str, max_voxels: int):
+    def __init__(self, cascade: Cascade, description: str, max_voxels: int, datastore=None):
         self.cascade = cascade
         self.max_voxels = max_voxels
+        self.datastore = datastore
         super().__init__(
             type=InferType.SEGMENTATION,
             labels=self._labels(),
@@ -80,12 +105,16 @@ class _CascadeTask(InferTask):
         with as_http_errors(f"image '{Path(path).name}'"):
             return load_volume(path, self.max_voxels)
 
-    def _respond(self, volume: Volume, result: CascadeResult, t0: float, latencies: dict) -> Tuple[str, Dict]:
+    def _respond(self, volume: Volume, result: CascadeResult, t0: float, latencies: dict,
+                 request: dict | None = None) -> Tuple[str, Dict]:
         t1 = time.perf_counter()
         path = write_result(result.label, volume)
         result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
+        saliency = self._saliency(volume, result, request or {})
         result.latencies_s["total"] = time.perf_counter() - t0
         out = result.to_json(self.cascade.contract)
+        if saliency is not None:
+            out["saliency"] = saliency
         out["models"] = {
             name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
             for name in self.stage_names if name in self._models()
@@ -104,7 +133,7 @@ class CascadeInferTask(_CascadeTask):
         load_s = time.perf_counter() - t0
         with as_http_errors():
             result = self.cascade.run(volume)
-        return self._respond(volume, result, t0, {"load": load_s})
+        return self._respond(volume, result, t0, {"load": load_s}, request)
 
 
 class OrganInferTask(_CascadeTask):
@@ -166,10 +195,6 @@ class ClassifyInferTask(_CascadeTask):
 
     stage_names = ("classifier",)
 
-    def __init__(self, cascade: Cascade, description: str, max_voxels: int, datastore):
-        super().__init__(cascade, description, max_voxels)
-        self.datastore = datastore
-
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
         volume = self._load(request)
@@ -185,4 +210,4 @@ class ClassifyInferTask(_CascadeTask):
             raw = load_label_for(label_path, volume)
             label = self.cascade.contract.remap_by_name(raw, request.get("label_info"))
             result = self.cascade.relabel(volume, label)
-        return self._respond(volume, result, t0, {"load": load_s})
+        return self._respond(volume, result, t0, {"load": load_s}, request)
