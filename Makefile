@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml requirements-lock.txt
 	@touch $@
 
 # Serve the app on the bundled sample data (127.0.0.1 only; HOST=0.0.0.0 exposes it, see README).
-serve: venv $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt
+serve: venv $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt $(APP)/pretrained/classifier.pt
 	PATH="$(CURDIR)/$(BIN):$$PATH" MONAI_LABEL_TRACKING_ENABLED=false \
 		$(BIN)/monailabel start_server --app $(APP) --studies $(STUDIES) --host $(HOST) --port $(PORT) $(CONF)
 
@@ -36,7 +36,7 @@ sample-data: venv
 # Starting weights: UNets trained on 32 generated studies (seed 1000, disjoint from the sample set),
 # the classifier (deep features on EfficientNet-Lite0, head only) on 60 more (seed 3000).
 # Committed, so this only runs if they were deleted (CPU: ~40 min on 2 cores).
-$(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt:
+$(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt $(APP)/pretrained/classifier.pt:
 	$(MAKE) pretrain
 
 pretrain: venv

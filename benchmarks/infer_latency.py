@@ -27,7 +27,6 @@ from radcascade import localserver
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
 from radcascade.sample_data import DEFAULT_SHAPE, DEFAULT_SPACING, generate_datastore
-from radcascade.volumes import load_volume
 
 HERE = Path(__file__).resolve().parent
 PRETRAINED = localserver.APP_DIR / "pretrained"
@@ -119,7 +118,7 @@ def main() -> None:
     if not a.no_server:
         rows["server /infer/cascade"] = bench_server(studies, names, a.repeats, work, a.device)
 
-    header = f"| path | volume | end-to-end s | " + " | ".join(f"{s} s" for s in STAGES) + " |"
+    header = "| path | volume | end-to-end s | " + " | ".join(f"{s} s" for s in STAGES) + " |"
     lines = [header, "|" + "---|" * (3 + len(STAGES))]
     for path, per_size in rows.items():
         for label, r in per_size.items():

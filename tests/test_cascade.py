@@ -37,6 +37,8 @@ def test_cascade_output_follows_contract_and_finds_the_organ(cascade, tiny_studi
         assert result.label[tuple(int(round(c)) for c in f.centroid_voxel)] in (1, f.value)
         assert f.value == CONTRACT.value_of(f.class_name) and set(f.probabilities) == set(CONTRACT.lesion_classes)
         assert f.volume_ml >= 0.02
+    written = label_image_like(result.label, volume)
+    assert written.GetSize() == sitk.ReadImage(str(tiny_studies.folder / f"{study.name}.nii.gz")).GetSize()
 
 
 def test_without_classifier_lesions_are_provisional(tiny_studies):
@@ -45,8 +47,6 @@ def test_without_classifier_lesions_are_provisional(tiny_studies):
     assert set(np.unique(result.label)) <= {0, 1, 2}
     js = result.to_json(CONTRACT)
     assert js["provisional_classes"] and "provisional" in " ".join(js["notes"])
-    written = label_image_like(result.label, volume)
-    assert written.GetSize() == sitk.ReadImage(str(tiny_studies.folder / f"{study.name}.nii.gz")).GetSize()
 
 
 def test_lesions_found_on_the_sample_resolution(cascade):
@@ -92,3 +92,20 @@ def test_resample_preserves_mean_when_downsampling():
     y = resample(x, (16, 16, 10))
     assert y.shape == (1, 16, 16, 10)
     assert abs(float(y.mean()) - float(x.mean())) < 1e-3
+
+
+def test_sliding_window_matches_direct_forward():
+    """Guards the monai 1.5.2 + torch 2.14 pairing: sliding-window output over one window equals a forward."""
+    from monai.inferers import sliding_window_inference
+
+    from radcascade.networks import TINY_UNET
+
+    torch.manual_seed(0)
+    net = TINY_UNET.build().eval()
+    x = torch.rand(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        direct = net(x)
+        windowed = sliding_window_inference(x, (32, 32, 16), 1, net, overlap=0.25)
+        tiled = sliding_window_inference(torch.cat([x, x], dim=4), (32, 32, 16), 2, net, overlap=0.0)
+    torch.testing.assert_close(windowed, direct)
+    torch.testing.assert_close(tiled[..., :16], direct)

@@ -27,8 +27,8 @@ from torch import nn
 
 from radcascade.backbones import Backbone, load_backbone
 from radcascade.evaluation import classification_metrics
-from radcascade.labels import FIRST_LESION_VALUE, LabelContract
-from radcascade.patches import LesionGeometry, PatchConfig, extract_patches, lesion_geometry
+from radcascade.labels import FIRST_LESION_VALUE
+from radcascade.patches import PatchConfig, extract_patches, lesion_geometry
 
 logger = logging.getLogger(__name__)
 MODES = ("scratch", "features", "finetune", "auto")

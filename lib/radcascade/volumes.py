@@ -79,7 +79,7 @@ def _read_header(path: Path) -> sitk.ImageFileReader:
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-    except RuntimeError as e:
+    except RuntimeError:
         raise InvalidVolumeError(path.name, "not a readable medical image (NIfTI, NRRD, MHA or DICOM)") from None
     return reader
 
