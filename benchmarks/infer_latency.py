@@ -34,7 +34,7 @@ SIZES = {
     "sample 128x128x48 @2.5x2.5x4mm": (DEFAULT_SHAPE, DEFAULT_SPACING),
     "CT 512x512x200 @0.8x0.8x2.5mm": ((512, 512, 200), (0.8, 0.8, 2.5)),
 }
-STAGES = ("load", "organ", "lesion", "postprocess", "write", "total")
+STAGES = ("load", "organ", "lesion", "postprocess", "classifier", "write", "total")
 
 
 def machine() -> str:
@@ -61,7 +61,7 @@ def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path,
 
     model_dir = work / "model"
     model_dir.mkdir(exist_ok=True)
-    for f in ("organ.pt", "lesion.pt"):
+    for f in ("organ.pt", "lesion.pt", "classifier.pt"):
         shutil.copy(PRETRAINED / f, model_dir / f)
     server = localserver.start_server(studies, work / "server.log", {"model_dir": str(model_dir), "device": device})
     try:
@@ -83,7 +83,8 @@ def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path,
 
 
 def bench_in_process(studies: Path, names: dict[str, str], repeats: int, device: str) -> dict:
-    cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device(device))
+    cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device(device),
+                      classifier_model=PRETRAINED / "classifier.pt")
     out = {}
     for label, image_id in names.items():
         path = studies / f"{image_id}.nii.gz"

@@ -1,6 +1,7 @@
-"""Infer tasks: ``cascade`` (organ -> lesions, registered first), ``organ`` and ``lesion``.
+"""Infer tasks: ``cascade`` (organ -> lesions -> classes, registered first), ``organ``, ``lesion``
+and ``classify`` (classes for the lesions of a corrected label).
 
-All three share one :class:`~radcascade.cascade.Cascade`, so the networks are loaded once and stay
+All share one :class:`~radcascade.cascade.Cascade`, so the networks are loaded once and stay
 warm; a republished model file is picked up on the next request (one ``stat`` per request).
 """
 
@@ -49,7 +50,8 @@ class _Saliency:
         if not result.lesions or result.provisional_classes:
             return {"available": False, "reason": "no classified lesions"}
         t0 = time.perf_counter()
-        cam, peaks = self.cascade.saliency(volume, result.lesions)
+        with as_http_errors():
+            cam, peaks = self.cascade.saliency(volume, result.lesions)
         out = {"available": True, "peaks": [p.__dict__ for p in peaks], "tag": "saliency"}
         image_id = request.get("image_id")
         if image_id and self.datastore is not None:
