@@ -136,22 +136,37 @@ def _gzip_complete(stream: bytes) -> bool:
 
 
 def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
-    """Refuse truncated files that ITK would silently read as partly empty."""
+    """Refuse truncated files that ITK would silently read as partly empty.
+
+    ``.nii.gz``: the gzip trailer holds the uncompressed size, which must be the voxel bytes plus
+    a header of at most 64 KiB (O(1)); only when it is not does the whole stream get checked
+    (multi-member gzip files). Other gzip files are decompressed once; raw files are size-checked.
+    """
     name = path.name.lower()
-    data = path.read_bytes()
-    if name.endswith(".gz"):
-        ok = _gzip_complete(data)
+    if name.endswith(".nii.gz"):
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() >= 18:
+                f.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(f.read(4), "little")
+                if 0 <= isize - (_voxel_bytes(reader) % (1 << 32)) <= 65536:
+                    return
+        ok = _gzip_complete(path.read_bytes())
+    elif name.endswith(".gz"):
+        ok = _gzip_complete(path.read_bytes())
     elif name.endswith(".nii"):
-        ok = len(data) >= 348 + _voxel_bytes(reader)
-    elif name.endswith(".nrrd") and b"\n\n" in data[:65536]:
-        header, payload = data.split(b"\n\n", 1)
-        encoding = next((l.split(b":", 1)[1].strip().lower() for l in header.splitlines() if l.lower().startswith(b"encoding:")), b"raw")
-        if encoding in (b"gzip", b"gz"):
-            ok = _gzip_complete(payload)
-        elif encoding == b"raw" and b"data file:" not in header.lower():
-            ok = len(payload) >= _voxel_bytes(reader)
-        else:
-            ok = True
+        ok = path.stat().st_size >= 348 + _voxel_bytes(reader)
+    elif name.endswith(".nrrd"):
+        data = path.read_bytes()
+        ok = True
+        if b"\n\n" in data[:65536]:
+            header, payload = data.split(b"\n\n", 1)
+            encoding = next((l.split(b":", 1)[1].strip().lower() for l in header.splitlines()
+                             if l.lower().startswith(b"encoding:")), b"raw")
+            if encoding in (b"gzip", b"gz"):
+                ok = _gzip_complete(payload)
+            elif encoding == b"raw" and b"data file:" not in header.lower():
+                ok = len(payload) >= _voxel_bytes(reader)
     else:
         ok = True
     if not ok:
@@ -187,12 +202,14 @@ def load_volume(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -
 def volume_from_image(image: sitk.Image) -> Volume:
     original = Geometry.of(image)
     canonical = sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
-    array = sitk.GetArrayFromImage(canonical).transpose(2, 1, 0).astype(np.float32, copy=False)
+    # [z, y, x] -> [x, y, z] as a strided view (order "K" keeps it one pass: a C-order copy of a
+    # 512x512x200 CT costs ~1 s on 2 cores; torch reads the strides directly).
+    array = sitk.GetArrayFromImage(canonical).transpose(2, 1, 0).astype(np.float32, order="K", copy=False)
     header = sitk.Image([1, 1, 1], sitk.sitkUInt8)
     header.SetSpacing(canonical.GetSpacing())
     header.SetOrigin(canonical.GetOrigin())
     header.SetDirection(canonical.GetDirection())
-    return Volume(np.ascontiguousarray(array), tuple(canonical.GetSpacing()), header, original)
+    return Volume(array, tuple(canonical.GetSpacing()), header, original)
 
 
 def read_geometry(path: str | os.PathLike) -> Geometry:
