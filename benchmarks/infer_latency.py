@@ -53,7 +53,9 @@ def machine() -> str:
 
 
 def _median_stages(results: list[dict]) -> dict:
-    return {k: statistics.median(r["latencies"].get(k, 0.0) for r in results) for k in STAGES}
+    """Median per stage; None for a stage this path does not have (e.g. no file written in-process)."""
+    return {k: statistics.median(r["latencies"][k] for r in results) if k in results[0]["latencies"] else None
+            for k in STAGES}
 
 
 def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path, device: str) -> dict:
@@ -123,7 +125,7 @@ def main() -> None:
     lines = [header, "|" + "---|" * (3 + len(STAGES))]
     for path, per_size in rows.items():
         for label, r in per_size.items():
-            stages = " | ".join(f"{r['stages_s'][s]:.3f}" for s in STAGES)
+            stages = " | ".join("-" if r["stages_s"][s] is None else f"{r['stages_s'][s]:.3f}" for s in STAGES)
             lines.append(f"| {path} | {label} | {r['end_to_end_s']:.3f} | {stages} |")
     table = "\n".join(lines)
     print(table)

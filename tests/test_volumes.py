@@ -99,4 +99,5 @@ def test_label_geometry_must_match(tmp_path):
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_image(_image(np.zeros((3, 3, 3), np.int16)), tmp_path / "a.nii.gz")
-    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["a.nii.gz"]
+    assert not list((tmp_path / ".tmp").iterdir())

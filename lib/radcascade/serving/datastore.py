@@ -13,6 +13,7 @@ MONAI Label's ``LocalDatastore`` layout is kept (images in the studies folder, l
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,7 +30,15 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from radcascade.labels import LabelContract
 from radcascade.serving.errors import as_http_errors, client_error
-from radcascade.volumes import DEFAULT_MAX_VOXELS, atomic_write_image, read_geometry, read_image, read_label
+from radcascade.volumes import (
+    DEFAULT_MAX_VOXELS,
+    TMP_DIR_NAME,
+    atomic_write_image,
+    read_geometry,
+    read_image,
+    read_label,
+    remove_stale_temporaries,
+)
 
 logger = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
@@ -58,6 +67,35 @@ class ValidatingDatastore(LocalDatastore):
         self.max_voxels = max_voxels
         super().__init__(studies, **kwargs)
         self.history_dir = Path(self._datastore_path) / ".radcascade" / "label-history"
+        removed = remove_stale_temporaries(self._datastore_path)
+        if removed:
+            logger.info("removed %d leftovers of interrupted writes", removed)
+
+    def _update_datastore_file(self, lock=True):
+        """The stock method rewrites ``datastore_v2.json`` in place: a kill mid-write leaves a file that
+        stops the next start-up. Write a temporary file and rename it instead."""
+
+        def write():
+            self._ignore_event_config = True
+            payload = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            fd, tmp = tempfile.mkstemp(prefix=".datastore-", suffix=".tmp", dir=self._datastore_path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self._datastore_config_path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
 
     # -- images ---------------------------------------------------------------------------------
     def require_image(self, image_id: str) -> str:
@@ -78,7 +116,8 @@ class ValidatingDatastore(LocalDatastore):
         name = self._filename(image_id, ext)
         dest = Path(self._datastore.image_path()) / name
         with FileLock(self._lock_file):
-            fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=dest.parent)
+            (dest.parent / TMP_DIR_NAME).mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=dest.parent / TMP_DIR_NAME)
             os.close(fd)
             try:
                 shutil.copyfile(image_filename, tmp)
