@@ -249,3 +249,53 @@ def test_unknown_label_name(client, server, tmp_path, unchanged_datastore):
     path = _write(label, img, tmp_path / "renamed.nii.gz")
     info = [{"name": "liver", "idx": 1}, {"name": "tumour", "idx": 2}, {"name": "lesion malignant", "idx": 3}]
     _expect_4xx(lambda: client.save_label(image_id, str(path), "final", {"label_info": info}), 422, "tumour")
+
+
+# -- fuzzed and hostile uploads (bounded) ------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000), ext=st.sampled_from([".nii.gz", ".nii", ".nrrd"]))
+def test_fuzzed_uploads_are_refused_cleanly(client, server, tmp_path, data, ext):
+    before = _snapshot(server.studies.folder)
+    path = tmp_path / f"fuzz{ext}"
+    path.write_bytes(data)
+    _expect_4xx(lambda: client.upload_image(str(path), "fuzz"))
+    _expect_4xx(lambda: client.save_label(server.studies.labelled[0], str(path), "final"))
+    assert _snapshot(server.studies.folder) == before
+
+
+def test_absurd_header_is_refused_before_reading_voxels(client, tmp_path, unchanged_datastore):
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((4096, 4096, 4096))
+    header.set_data_dtype(np.int16)
+    path = tmp_path / "huge.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\1" * 1000)
+    _expect_4xx(lambda: client.upload_image(str(path), "huge"), 413, "exceeds the limit")
+
+
+def test_nan_voxels_zero_spacing_and_bad_ids(client, server, tmp_path, unchanged_datastore):
+    nan = np.ones((8, 8, 8), np.float32)
+    nan[2, 2, 2] = np.nan
+    _expect_4xx(lambda: client.upload_image(str(_write(nan, None, tmp_path / "nan.nrrd")), "nan"), 422, "NaN")
+    header = ("NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nspace: left-posterior-superior\n"
+              "space directions: (0,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\nencoding: raw\nendian: little\n\n")
+    zero = tmp_path / "zero.nrrd"
+    zero.write_bytes(header.encode() + np.zeros(64, np.int16).tobytes())
+    _expect_4xx(lambda: client.upload_image(str(zero), "zero"), 422)
+    src = server.studies.folder / f"{server.studies.unlabelled[0]}.nii.gz"
+    for bad in ("..", ".hidden", "a\\b", "x" * 200):
+        _expect_4xx(lambda: client.upload_image(str(src), bad), 422)
+
+
+def test_label_values_outside_the_contract(client, server, tmp_path, unchanged_datastore):
+    image_id = server.studies.labelled[0]
+    label, img = _read(server.studies.folder / "labels" / "final" / f"{image_id}.nii.gz")
+    label = label.copy()
+    label[0, 0, 0] = 9
+    path = _write(label, img, tmp_path / "nine.nii.gz")
+    _expect_4xx(lambda: client.save_label(image_id, str(path), "final"), 422, "outside the contract")
