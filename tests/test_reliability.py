@@ -78,3 +78,77 @@ def test_sigkill_during_label_saves_loses_nothing_acknowledged(tmp_path):
         assert not [p for p in final.iterdir() if p.is_file() and not p.name.endswith(".nii.gz")]
     finally:
         stop_server(server2)
+
+
+def test_concurrent_clients_while_training_and_saving(tmp_path):
+    """Several clients infer while labels are submitted and a training run publishes: no 5xx, valid answers."""
+    import json
+
+    import requests
+
+    studies = make_studies(tmp_path / "studies", labelled=3, unlabelled=3, seed=7)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    copy_weights(model_dir)
+    server = start_server(studies, model_dir, tmp_path / "server.log")
+    errors: list[str] = []
+    info_latency: list[float] = []
+    done = threading.Event()
+    try:
+        client = MONAILabelClient(server.url, tmpdir=str(tmp_path / "c0"))
+        client.train_start("organ", {"max_epochs": 2})
+
+        def infer_worker(k: int):
+            c = MONAILabelClient(server.url, tmpdir=str(tmp_path / f"c{k}"))
+            for i in range(3):
+                image_id = studies.unlabelled[(k + i) % 3]
+                try:
+                    path, res = c.infer("cascade", image_id, {})
+                    res = json.loads(res) if isinstance(res, (str, bytes)) else res
+                    arr = sitk.GetArrayFromImage(sitk.ReadImage(path))
+                    if not set(np.unique(arr)) <= {0, 1, 2, 3} or "latencies" not in res:
+                        errors.append(f"bad answer for {image_id}")
+                except MONAILabelClientException as e:
+                    if not any(f"Status: {s}" in str(e.msg) for s in (429, 503)):
+                        errors.append(str(e.msg)[:200])
+
+        def save_worker():
+            c = MONAILabelClient(server.url, tmpdir=str(tmp_path / "cs"))
+            for name in studies.labelled:
+                path = studies.folder / "labels" / "final" / f"{name}.nii.gz"
+                copy = tmp_path / f"resubmit-{name}.nii.gz"
+                copy.write_bytes(path.read_bytes())
+                try:
+                    c.save_label(name, str(copy), tag="final")
+                except MONAILabelClientException as e:
+                    errors.append(str(e.msg)[:200])
+
+        def info_poller():
+            while not done.is_set():
+                t0 = time.perf_counter()
+                r = requests.get(server.url + "/info/", timeout=60)
+                info_latency.append(time.perf_counter() - t0)
+                if r.status_code >= 500:
+                    errors.append(f"/info {r.status_code}")
+                time.sleep(0.2)
+
+        threads = [threading.Thread(target=infer_worker, args=(k,)) for k in range(3)]
+        threads += [threading.Thread(target=save_worker)]
+        poller = threading.Thread(target=info_poller)
+        poller.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        deadline = time.time() + 300
+        while client.train_status(check_if_running=True) and time.time() < deadline:
+            time.sleep(2)
+        done.set()
+        poller.join(60)
+        assert client.train_status()["status"] == "DONE"
+        assert not errors, errors
+        # monailabel's handlers run inference on the event loop: /info waits for a running request.
+        print(f"/info latency during load: median {np.median(info_latency):.3f}s, max {max(info_latency):.3f}s")
+    finally:
+        done.set()
+        stop_server(server)

@@ -131,10 +131,10 @@ class LesionClassifierNet(nn.Module):
 
 
 # -- samples from labelled studies ------------------------------------------------------------------
-def lesion_components(label: np.ndarray) -> list[tuple[np.ndarray, int]]:
-    """Connected lesions of a contract-valued label: (mask, class value by majority)."""
+def lesion_components(label: np.ndarray) -> list[tuple[tuple[slice, ...], np.ndarray, int]]:
+    """Connected lesions of a contract-valued label: (bounding slices, mask within them, class value by majority)."""
     lesions = label >= FIRST_LESION_VALUE
-    comps, n = ndimage.label(lesions)
+    comps, _ = ndimage.label(lesions)
     out = []
     for k, sl in enumerate(ndimage.find_objects(comps), start=1):
         region = comps[sl] == k

@@ -76,7 +76,7 @@ class TrainConfig:
         if self.spacing is None:
             self.spacing = ORGAN_SPACING if self.stage == "organ" else LESION_SPACING
         if self.patch_size is None:
-            self.patch_size = (64, 64, 32) if self.stage == "organ" else (64, 64, 32)
+            self.patch_size = (64, 64, 32)
         if self.max_epochs < 1:
             raise ValueError("max_epochs must be >= 1")
 
