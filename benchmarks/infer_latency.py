@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import tempfile
@@ -35,21 +34,6 @@ SIZES = {
     "CT 512x512x200 @0.8x0.8x2.5mm": ((512, 512, 200), (0.8, 0.8, 2.5)),
 }
 STAGES = ("load", "organ", "lesion", "postprocess", "classifier", "write", "total")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def _median_stages(results: list[dict]) -> dict:
@@ -133,7 +117,7 @@ def main() -> None:
     meta = {
         "command": f".venv/bin/python benchmarks/infer_latency.py --repeats {a.repeats} --device {a.device}"
                    + (" --no-server" if a.no_server else ""),
-        "machine": machine(),
+        "machine": localserver.machine_description(),
         "date": time.strftime("%Y-%m-%d"),
         "repeats": a.repeats,
         "note": "median of repeats after one warm-up request; 'total' is inside the infer task, "

@@ -73,3 +73,21 @@ def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, a
         time.sleep(1)
     server.stop()
     raise RuntimeError(f"server did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def machine_description() -> str:
+    """CPU model, core count, GPU and torch version, for benchmark records."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
