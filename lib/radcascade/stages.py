@@ -31,6 +31,7 @@ ORGAN_SPACING = (5.0, 5.0, 8.0)
 LESION_SPACING = (2.5, 2.5, 4.0)
 LESION_MARGIN_MM = 12.0
 LESION_ROI = (96, 96, 48)
+MIN_ORGAN_MEAN_HU = -300.0
 
 
 class StageUntrainedError(RuntimeError):
@@ -128,6 +129,11 @@ class OrganStage:
             return OrganResult(None, None, time.perf_counter() - t0)
         tight = BoundingBox(tuple(l + b for l, b in zip(local.lo, box.lo)), tuple(h + b for h, b in zip(local.hi, box.lo)))
         mask = full[local.slices].contiguous()
+        # An organ is soft tissue: a "mask" over air (e.g. an empty or non-CT volume, where instance
+        # normalisation makes the network see patterns in nothing) is no organ.
+        if float(image[0][tight.slices][mask].float().mean()) < MIN_ORGAN_MEAN_HU:
+            synchronize(image.device)
+            return OrganResult(None, None, time.perf_counter() - t0)
         synchronize(image.device)
         return OrganResult(tight, mask, time.perf_counter() - t0)
 

@@ -1,0 +1,152 @@
+"""Per-study uncertainty of the cascade, for active learning (which study teaches the models most).
+
+* **epistemic**: Monte-Carlo dropout (the UNets carry dropout) -- voxel-wise binary entropy of the
+  mean foreground probability over ``passes`` stochastic forward passes;
+* **tta**: disagreement under test-time augmentation (flips on every axis, small intensity shifts)
+  -- voxel-wise standard deviation of the foreground probability;
+* **classifier**: mean normalised predictive entropy of the lesion classes.
+
+Voxel figures are averaged **inside the organ region** (the predicted organ, dilated), so the large
+empty background does not drown the signal. A study where stage 1 finds no organ scores 1.0 (the
+maximum): the model clearly cannot handle it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from radcascade.cascade import Cascade
+from radcascade.patches import LesionGeometry, extract_patches
+from radcascade.preprocessing import normalize_hu, pad_to_multiple, resample, shape_at_spacing
+from radcascade.classifier import predict_lesions
+from radcascade.volumes import Volume
+
+
+@dataclass
+class StudyUncertainty:
+    """Uncertainty scores of one study (higher = less certain); each in [0, 1]."""
+
+    epistemic: float
+    tta: float
+    classifier: float
+    organ_found: bool
+    lesions: int
+
+    def to_json(self) -> dict:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * p.log() + (1 - p) * (1 - p).log()) / math.log(2)
+
+
+def _dropout_on(net: torch.nn.Module):
+    """Dropout layers in training mode, everything else (norms) in eval mode."""
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d)):
+            m.train()
+
+
+class CascadeUncertainty:
+    """Scores studies with the cascade's warm models (no reloading, same device)."""
+
+    def __init__(self, cascade: Cascade, passes: int = 6, seed: int = 0):
+        self.cascade = cascade
+        self.passes = passes
+        self.seed = seed
+
+    @torch.no_grad()
+    def _organ_probs(self, net, x: torch.Tensor, divisor: int, mc: bool) -> torch.Tensor:
+        xp, back = pad_to_multiple(x, divisor)
+        outs = []
+        if mc:
+            _dropout_on(net)
+            for _ in range(self.passes):
+                outs.append(torch.softmax(net(xp.unsqueeze(0))[0].float(), 0)[1][back[1:]])
+            net.eval()
+        else:
+            for flip in ((), (1,), (2,), (3,)):
+                inp = xp.flip(flip) if flip else xp
+                for shift in (0.0, 0.02, -0.02):
+                    out = torch.softmax(net((inp + shift).unsqueeze(0))[0].float(), 0)[1]
+                    out = out.flip(tuple(d - 1 for d in flip)) if flip else out
+                    outs.append(out[back[1:]])
+        return torch.stack(outs)
+
+    @torch.no_grad()
+    def _lesion_probs(self, net, x: torch.Tensor, roi, mc: bool) -> torch.Tensor:
+        def run(inp):
+            return torch.softmax(sliding_window_inference(inp.unsqueeze(0), roi, 2, net, overlap=0.25,
+                                                          mode="gaussian")[0].float(), 0)[1]
+
+        outs = []
+        if mc:
+            _dropout_on(net)
+            outs = [run(x) for _ in range(self.passes)]
+            net.eval()
+        else:
+            for flip in ((), (1,), (2,), (3,)):
+                inp = x.flip(flip) if flip else x
+                for shift in (0.0, 0.02, -0.02):
+                    out = run(inp + shift)
+                    outs.append(out.flip(tuple(d - 1 for d in flip)) if flip else out)
+        return torch.stack(outs)
+
+    def score(self, volume: Volume) -> StudyUncertainty:
+        torch.manual_seed(self.seed)
+        c = self.cascade
+        organ_model = c.organ_model.get()
+        lesion_model = c.lesion_model.get()
+        if organ_model is None or lesion_model is None:
+            raise RuntimeError("uncertainty needs trained organ and lesion models")
+        image = torch.from_numpy(volume.array).to(c.device).unsqueeze(0)
+        organ = c.organ_stage(image, volume.spacing)
+        if not organ.found:
+            return StudyUncertainty(1.0, 1.0, 1.0, False, 0)
+        # Stage 1 at its coarse grid, restricted to the (dilated) predicted organ.
+        coarse_shape = shape_at_spacing(volume.shape, volume.spacing, organ_model.checkpoint.spacing)
+        xc = resample(normalize_hu(image), coarse_shape)
+        div = organ_model.checkpoint.spec.divisor
+        region_c = resample(self._organ_mask_full(organ, volume.shape, image.device).float()[None], coarse_shape)[0] > 0.05
+        region_c = torch.from_numpy(ndimage.binary_dilation(region_c.cpu().numpy(), iterations=2)).to(image.device)
+        mc_o = self._organ_probs(organ_model.network, xc, div, mc=True)
+        tta_o = self._organ_probs(organ_model.network, xc, div, mc=False)
+        # Stage 2 on its crop at fine spacing, restricted to the organ inside the crop.
+        box = c.lesion_stage.crop_box(organ.box, volume.spacing, volume.shape)
+        fine_shape = shape_at_spacing(box.shape, volume.spacing, lesion_model.checkpoint.spacing)
+        xf = resample(normalize_hu(image[(slice(None),) + box.slices]), fine_shape)
+        organ_crop = self._organ_mask_full(organ, volume.shape, image.device)[box.slices].float()[None]
+        region_f = F.max_pool3d(resample(organ_crop, fine_shape)[None], 3, 1, 1)[0, 0] > 0.05
+        roi = tuple(min(r, int(np.ceil(n / 8) * 8)) for r, n in zip(c.lesion_stage.roi_size, fine_shape))
+        mc_l = self._lesion_probs(lesion_model.network, xf, roi, mc=True)
+        tta_l = self._lesion_probs(lesion_model.network, xf, roi, mc=False)
+
+        def inside(t: torch.Tensor, region: torch.Tensor) -> float:
+            return float(t[region].mean()) if region.any() else 0.0
+
+        epistemic = 0.5 * (inside(_binary_entropy(mc_o.mean(0)), region_c) + inside(_binary_entropy(mc_l.mean(0)), region_f))
+        # std of a probability is at most 0.5: scale to [0, 1]
+        tta = 0.5 * (inside(tta_o.std(0), region_c) + inside(tta_l.std(0), region_f)) * 2
+        result = c.run(volume, organ=organ)
+        cls = 0.0
+        loaded = c.classifier_model.get() if c.classifier_model else None
+        if result.lesions and loaded is not None:
+            geoms = [LesionGeometry(f.centroid_voxel, f.extent_mm) for f in result.lesions]
+            preds = predict_lesions(loaded.network, extract_patches(image[0], volume.spacing, geoms, loaded.checkpoint.patch))
+            cls = float(np.mean([p.entropy for p in preds]))
+        return StudyUncertainty(epistemic, tta, cls, True, len(result.lesions))
+
+    @staticmethod
+    def _organ_mask_full(organ, shape, device) -> torch.Tensor:
+        full = torch.zeros(shape, dtype=torch.bool, device=device)
+        full[organ.box.slices] = organ.mask
+        return full

@@ -1,0 +1,46 @@
+"""Each uncertainty score is higher for a study the models cannot segment well than for one they can."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PRETRAINED, TINY_SHAPE, TINY_SPACING
+from radcascade.cascade import Cascade
+from radcascade.labels import LabelContract
+from radcascade.sample_data import _to_sitk, generate_study
+from radcascade.uncertainty import CascadeUncertainty
+from radcascade.volumes import volume_from_image
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device("cpu"),
+                      classifier_model=PRETRAINED / "classifier.pt")
+    return CascadeUncertainty(cascade, passes=4)
+
+
+def _volume(image, study):
+    return volume_from_image(_to_sitk(image, study.spacing, study.origin))
+
+
+def test_degraded_study_is_more_uncertain_on_every_score(scorer):
+    study = generate_study(21, "s", TINY_SHAPE, TINY_SPACING)
+    clear = scorer.score(_volume(study.image, study))
+    # Low contrast and heavy noise inside the body: a scan the models were not trained for.
+    rng = np.random.default_rng(0)
+    img = study.image.astype(np.float32)
+    degraded = np.where(img > -500, 60 + (img - 60) * 0.35 + rng.normal(0, 40, img.shape), img).astype(np.float32)
+    hard = scorer.score(_volume(degraded, study))
+    assert clear.organ_found and hard.organ_found
+    assert hard.epistemic > clear.epistemic
+    assert hard.tta > clear.tta
+    assert hard.classifier > clear.classifier
+    for s in (clear, hard):
+        assert 0 <= s.epistemic <= 1 and 0 <= s.tta <= 1 and 0 <= s.classifier <= 1
+
+
+def test_no_organ_found_scores_maximal(scorer):
+    study = generate_study(21, "s", TINY_SHAPE, TINY_SPACING)
+    air = np.full(study.image.shape, -1000.0, np.float32)
+    s = scorer.score(_volume(air, study))
+    assert not s.organ_found and s.epistemic == s.tta == s.classifier == 1.0
