@@ -19,12 +19,17 @@ from radcascade.volumes import read_geometry, read_label
 pytestmark = pytest.mark.server
 
 
-def test_sigkill_during_label_saves_loses_nothing_acknowledged(tmp_path):
-    studies = make_studies(tmp_path / "studies", labelled=1, unlabelled=4, seed=11)
+def _study_server(tmp_path, labelled: int, unlabelled: int, seed: int):
+    """Tiny generated studies, a copy of the starting weights, and a real server on them."""
+    studies = make_studies(tmp_path / "studies", labelled=labelled, unlabelled=unlabelled, seed=seed)
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     copy_weights(model_dir)
-    server = start_server(studies, model_dir, tmp_path / "server1.log")
+    return studies, model_dir, start_server(studies, model_dir, tmp_path / "server1.log")
+
+
+def test_sigkill_during_label_saves_loses_nothing_acknowledged(tmp_path):
+    studies, model_dir, server = _study_server(tmp_path, labelled=1, unlabelled=4, seed=11)
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path / "client"))
     acknowledged: dict[str, bytes] = {}
     attempted: dict[str, bytes] = {}
@@ -86,11 +91,7 @@ def test_concurrent_clients_while_training_and_saving(tmp_path):
 
     import requests
 
-    studies = make_studies(tmp_path / "studies", labelled=3, unlabelled=3, seed=7)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    copy_weights(model_dir)
-    server = start_server(studies, model_dir, tmp_path / "server.log")
+    studies, _, server = _study_server(tmp_path, labelled=3, unlabelled=3, seed=7)
     errors: list[str] = []
     info_latency: list[float] = []
     done = threading.Event()
