@@ -148,6 +148,28 @@ def test_classify_reclassifies_the_submitted_label_and_explains(client, server):
     assert cam_img.GetSize() == img.GetSize() and cam.max() > 0
 
 
+def test_uncertainty_scoring_and_strategies(client, server):
+    import requests
+
+    res = requests.post(server.url + "/scoring/uncertainty?run_sync=true", json={"passes": 2}, timeout=600)
+    assert res.status_code == 200, res.text
+    unlabelled = [s for s in server.studies.unlabelled if s != _most_lesions(server).name]
+    assert res.json()["scored"] == len(unlabelled)
+    infos = {i: requests.get(server.url + "/datastore/image/info", params={"image": i}, timeout=30).json()
+             for i in unlabelled}
+    for info in infos.values():
+        u = info["uncertainty"]
+        assert 0 <= u["epistemic"] <= 1 and 0 <= u["tta"] <= 1 and set(u["models"]) >= {"organ", "lesion"}
+    by_tta = sorted(unlabelled, key=lambda i: -infos[i]["uncertainty"]["tta"])
+    first = client.next_sample("tta", {})  # the same (anonymous) client as the earlier tests
+    assert first["id"] == by_tta[0]
+    # every study was just handed to that client: another client never gets the same one
+    other = MONAILabelClient(server.url, tmpdir=client._tmpdir, client_id="B")
+    assert other.next_sample("tta", {}).get("id") != first["id"]
+    for strategy in ("combined", "epistemic", "classifier"):
+        assert client.next_sample(strategy, {"top_k": 3})["id"] in unlabelled
+
+
 def _wait_training(client, timeout=600) -> dict:
     deadline = time.time() + timeout
     time.sleep(1)

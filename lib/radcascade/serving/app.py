@@ -24,6 +24,7 @@ import torch
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
@@ -34,7 +35,8 @@ from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
 from radcascade.patches import PatchConfig
 from radcascade.serving.infer import CascadeInferTask, ClassifyInferTask, LesionInferTask, OrganInferTask
-from radcascade.serving.strategies import RandomUnlabelled
+from radcascade.serving.scoring import UncertaintyScoring
+from radcascade.serving.strategies import MostUncertain, RandomUnlabelled
 from radcascade.serving.train import ClassifierTrainTask, StageTrainTask
 from radcascade.stages import default_device
 from radcascade.training import STAGES
@@ -137,7 +139,15 @@ class RadCascadeApp(MONAILabelApp):
         return tasks
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": RandomUnlabelled(), "first": First()}
+        return {
+            "random": RandomUnlabelled(),
+            "first": First(),
+            **{name: MostUncertain(name) for name in ("combined", "epistemic", "tta", "classifier")},
+        }
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        return {"uncertainty": UncertaintyScoring(self.cascade, self.max_voxels)}
+
 
     # -- request checks the stock app leaves out --------------------------------------------------
     def infer(self, request, datastore=None):
@@ -151,10 +161,17 @@ class RadCascadeApp(MONAILabelApp):
         return super().infer(request, datastore)
 
     def next_sample(self, request):
+        """As the stock method, but scores are not recomputed on every Next sample (only after a
+        training run publishes, or on ``POST /scoring/uncertainty``)."""
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:
             raise client_error(404, f"unknown strategy '{strategy}' (available: {', '.join(self._strategies)})")
-        return super().next_sample(request)
+        self.datastore().reload_if_changed()  # scores written by the scoring subprocess
+        res = self._strategies[strategy](request, self.datastore())
+        if not res or not res.get("id"):
+            return {}
+        res["path"] = self.datastore().get_image_uri(res["id"])
+        return res
 
     def train(self, request):
         model = request.get("model")

@@ -26,7 +26,7 @@ from typing import Any, Dict
 import numpy as np
 import SimpleITK as sitk
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from radcascade.labels import LabelContract
 from radcascade.serving.errors import as_http_errors, client_error
@@ -97,6 +97,32 @@ class ValidatingDatastore(LocalDatastore):
         else:
             write()
 
+    def reload_if_changed(self) -> None:
+        """Pick up what another process (scoring, training) wrote to the datastore file."""
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+
+    def _reload_unlocked(self) -> None:
+        """Re-read the datastore file if it changed (caller holds the lock; FileLock is not re-entrant)."""
+        path = self._datastore_config_path
+        if os.path.exists(path) and os.stat(path).st_mtime != self._config_ts:
+            ts = os.stat(path).st_mtime
+            with open(path) as fp:
+                self._datastore = LocalDatastoreModel.model_validate_json(fp.read())
+            self._datastore.base_path = self._datastore_path
+            self._config_ts = ts
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        """Read-modify-write under the lock: the server and the scoring subprocess both write the
+        datastore file, and a stale in-memory copy must never overwrite the other's changes."""
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise client_error(404, f"unknown image id '{image_id}'")
+            obj.image.info.update(info)
+            self._update_datastore_file(lock=False)
+
     # -- images ---------------------------------------------------------------------------------
     def require_image(self, image_id: str) -> str:
         """Path of a known image, or a 404 naming the id."""
@@ -116,6 +142,7 @@ class ValidatingDatastore(LocalDatastore):
         name = self._filename(image_id, ext)
         dest = Path(self._datastore.image_path()) / name
         with FileLock(self._lock_file):
+            self._reload_unlocked()
             (dest.parent / TMP_DIR_NAME).mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=dest.parent / TMP_DIR_NAME)
             os.close(fd)
@@ -148,10 +175,11 @@ class ValidatingDatastore(LocalDatastore):
         out = sitk.GetImageFromArray(remapped.astype(np.uint8))
         out.CopyInformation(label)
 
-        obj = self._datastore.objects[image_id]
         name = self._filename(image_id, ".nii.gz")
         dest = Path(self._datastore.label_path(label_tag)) / name
         with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects[image_id]
             self._keep_history(image_id, label_tag)
             atomic_write_image(out, dest)
             old = obj.labels.get(label_tag)
@@ -177,11 +205,12 @@ class ValidatingDatastore(LocalDatastore):
         check_id("label tag", tag)
         if tag == "final":
             raise ValueError("maps never replace the final label")
-        obj = self._datastore.objects.get(image_id)
-        if obj is None:
-            raise client_error(404, f"unknown image id '{image_id}'")
         name = self._filename(image_id, ".nii.gz")
         with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise client_error(404, f"unknown image id '{image_id}'")
             atomic_write_image(image, Path(self._datastore.label_path(tag)) / name)
             obj.labels[tag] = DataModel(info={"ts": int(time.time()), "name": name, "kind": tag}, ext=".nii.gz")
             self._update_datastore_file(lock=False)

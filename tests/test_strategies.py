@@ -1,0 +1,40 @@
+"""Uncertainty strategies on a real validating datastore: ranking, top-k, leases, unlabelled only."""
+
+import time
+
+import pytest
+
+from radcascade.labels import LabelContract
+from radcascade.serving.datastore import ValidatingDatastore
+from radcascade.serving.strategies import MostUncertain
+
+
+@pytest.fixture
+def datastore(tiny_studies):
+    ds = ValidatingDatastore(str(tiny_studies.folder), LabelContract())
+    scores = {"study_003": 0.2, "study_004": 0.9}  # the two unlabelled studies (3 labelled, 2 not)
+    for image_id, v in scores.items():
+        ds.update_image_info(image_id, {"uncertainty": {"epistemic": v, "tta": v, "classifier": v}})
+    ds.update_image_info("study_000", {"uncertainty": {"epistemic": 1.0, "tta": 1.0, "classifier": 1.0}})  # labelled
+    return ds
+
+
+def test_most_uncertain_unlabelled_first(datastore):
+    pick = MostUncertain("epistemic")({"strategy": "epistemic", "client_id": "A"}, datastore)
+    assert pick["id"] == "study_004"  # study_000 scores higher but is labelled
+
+
+def test_lease_keeps_a_study_from_a_second_client(datastore):
+    strategy = MostUncertain("combined", lease_s=600)
+    datastore.update_image_info("study_004", {"strategy": {"combined": {"ts": int(time.time()), "client_id": "A"}}})
+    assert strategy({"strategy": "combined", "client_id": "B"}, datastore)["id"] == "study_003"
+    assert strategy({"strategy": "combined", "client_id": "A"}, datastore)["id"] == "study_004"
+    datastore.update_image_info("study_003", {"strategy": {"combined": {"ts": int(time.time()), "client_id": "A"}}})
+    assert strategy({"strategy": "combined", "client_id": "B"}, datastore) is None
+
+
+def test_top_k_spreads_picks_over_the_k_most_uncertain(datastore):
+    strategy = MostUncertain("tta", seed=0)
+    picks = {strategy({"strategy": "tta", "top_k": 2}, datastore)["id"] for _ in range(30)}
+    assert picks == {"study_003", "study_004"}
+    assert {strategy({"strategy": "tta", "top_k": 1}, datastore)["id"] for _ in range(10)} == {"study_004"}
