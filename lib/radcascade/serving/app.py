@@ -139,10 +139,11 @@ class RadCascadeApp(MONAILabelApp):
         return tasks
 
     def init_strategies(self) -> Dict[str, Strategy]:
+        # Slicer preselects the first: the blend of all uncertainties (random among unscored studies).
         return {
+            **{name: MostUncertain(name) for name in ("combined", "epistemic", "tta", "classifier")},
             "random": RandomUnlabelled(),
             "first": First(),
-            **{name: MostUncertain(name) for name in ("combined", "epistemic", "tta", "classifier")},
         }
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
