@@ -157,6 +157,10 @@ class LesionStage:
         self.overlap = overlap
         self.amp = amp
 
+    def window(self, fine_shape, divisor: int) -> tuple[int, ...]:
+        """Sliding-window size: the configured ROI, shrunk to a small crop (a multiple of ``divisor``)."""
+        return tuple(min(r, int(np.ceil(n / divisor) * divisor)) for r, n in zip(self.roi_size, fine_shape))
+
     def crop_box(self, organ_box: BoundingBox, spacing, shape) -> BoundingBox:
         margin = [int(np.ceil(self.margin_mm / s)) for s in spacing]
         return organ_box.expanded(margin, shape)
@@ -169,8 +173,7 @@ class LesionStage:
         crop = image[(slice(None),) + box.slices]
         fine_shape = shape_at_spacing(box.shape, spacing, loaded.checkpoint.spacing)
         x = resample(normalize_hu(crop), fine_shape)
-        roi = tuple(min(r, int(np.ceil(n / loaded.checkpoint.spec.divisor) * loaded.checkpoint.spec.divisor))
-                    for r, n in zip(self.roi_size, fine_shape))
+        roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
         with autocast_for(image.device, self.amp):
             logits = sliding_window_inference(
                 x.unsqueeze(0), roi, self.sw_batch_size, loaded.network, overlap=self.overlap, mode="gaussian"

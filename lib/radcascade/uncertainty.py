@@ -126,7 +126,7 @@ class CascadeUncertainty:
         xf = resample(normalize_hu(image[(slice(None),) + box.slices]), fine_shape)
         organ_crop = self._organ_mask_full(organ, volume.shape, image.device)[box.slices].float()[None]
         region_f = F.max_pool3d(resample(organ_crop, fine_shape)[None], 3, 1, 1)[0, 0] > 0.05
-        roi = tuple(min(r, int(np.ceil(n / 8) * 8)) for r, n in zip(c.lesion_stage.roi_size, fine_shape))
+        roi = c.lesion_stage.window(fine_shape, lesion_model.checkpoint.spec.divisor)
         mc_l = self._lesion_probs(lesion_model.network, xf, roi, mc=True)
         tta_l = self._lesion_probs(lesion_model.network, xf, roi, mc=False)
 
