@@ -38,9 +38,26 @@ class StudyUncertainty:
     classifier: float
     organ_found: bool
     lesions: int
+    histogram: tuple[float, ...] = ()  # HU histogram inside the predicted organ (fractions), for diversity
 
     def to_json(self) -> dict:
-        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        d = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        d["histogram"] = [round(h, 4) for h in self.histogram]
+        return d
+
+
+# Bin edges (HU) of the organ histogram: fat/air, water-like lesions, parenchyma, enhancing tissue.
+HISTOGRAM_EDGES_HU = (-50.0, 0.0, 25.0, 45.0, 60.0, 75.0, 100.0, 150.0)
+
+
+def organ_histogram(image_hu: torch.Tensor, organ_mask: torch.Tensor) -> tuple[float, ...]:
+    """Fractions of organ voxels in the bins of :data:`HISTOGRAM_EDGES_HU` (below the first, between, above the last)."""
+    values = image_hu[organ_mask].float()
+    if values.numel() == 0:
+        return ()
+    edges = torch.tensor(HISTOGRAM_EDGES_HU, device=values.device)
+    counts = torch.bincount(torch.bucketize(values, edges), minlength=len(edges) + 1).float()
+    return tuple(float(c) for c in counts / counts.sum())
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -143,7 +160,8 @@ class CascadeUncertainty:
             geoms = [LesionGeometry(f.centroid_voxel, f.extent_mm) for f in result.lesions]
             preds = predict_lesions(loaded.network, extract_patches(image[0], volume.spacing, geoms, loaded.checkpoint.patch))
             cls = float(np.mean([p.entropy for p in preds]))
-        return StudyUncertainty(epistemic, tta, cls, True, len(result.lesions))
+        histogram = organ_histogram(image[0][organ.box.slices], organ.mask)
+        return StudyUncertainty(epistemic, tta, cls, True, len(result.lesions), histogram)
 
     @staticmethod
     def _organ_mask_full(organ, shape, device) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Active-learning strategies served to Slicer's "Next sample" (uncertainty strategies come later)."""
+"""Active-learning strategies served to Slicer's "Next sample"; the ranking is :mod:`radcascade.active_learning`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,17 @@ import time
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
+
+from radcascade.active_learning import (
+    DEFAULT_WEIGHTS,
+    STRATEGY_SCORES,
+    Candidate,
+    Diversity,
+    descriptor,
+    pick,
+    score_value,
+)
+from radcascade.serving.scoring import INFO_KEY
 
 
 class RandomUnlabelled(Strategy):
@@ -35,34 +46,44 @@ class RandomUnlabelled(Strategy):
         return {"id": images[pick], "weight": weights[pick]}
 
 
-SCORES = ("epistemic", "tta", "classifier")
-
-
 class MostUncertain(Strategy):
-    """The unlabelled study with the highest stored uncertainty (``score``: one of ``SCORES`` or
+    """The unlabelled study with the highest stored uncertainty (``score``: one of ``active_learning.SCORES`` or
     ``combined``, a weighted mean), skipping studies handed to another client within ``lease_s``.
 
     ``top_k`` (request) > 1 picks at random among the k most uncertain, so several annotators
     do not all get the same study. Studies never scored rank after scored ones, at random.
+    With ``diversity`` (a penalty > 0), studies close to ones ranked above them or served within
+    ``diversity_window_s`` rank lower (see :mod:`radcascade.active_learning`).
     """
 
-    def __init__(self, score: str, weights: dict[str, float] | None = None, lease_s: int = 600, seed: int | None = None):
-        if score not in (*SCORES, "combined"):
+    def __init__(self, score: str, weights: dict[str, float] | None = None, lease_s: int = 600, seed: int | None = None,
+                 diversity: Diversity | None = None, diversity_window_s: int = 3600):
+        if score not in STRATEGY_SCORES:
             raise ValueError(f"unknown score '{score}'")
-        super().__init__(f"Most uncertain unlabelled study by '{score}' (run /scoring/uncertainty to refresh)")
+        described = f"Most uncertain unlabelled study by '{score}'"
+        if diversity is not None and diversity.enabled:
+            described += f", diversity penalty {diversity.penalty:g}"
+        super().__init__(described + " (run /scoring/uncertainty to refresh)")
         self.score = score
-        self.weights = weights or {"epistemic": 1.0, "tta": 1.0, "classifier": 0.5}
+        self.weights = weights or dict(DEFAULT_WEIGHTS)
         self.lease_s = lease_s
+        self.diversity = diversity
+        self.diversity_window_s = diversity_window_s
         self._rng = random.Random(seed)
 
-    def _value(self, info: dict) -> float | None:
-        u = info.get("uncertainty")
-        if not u:
-            return None
-        if self.score != "combined":
-            return float(u[self.score])
-        total = sum(self.weights.values())
-        return sum(w * float(u[k]) for k, w in self.weights.items()) / total
+    @staticmethod
+    def _served_since(info: dict, since: int) -> list[dict]:
+        return [v for v in info.get("strategy", {}).values() if isinstance(v, dict) and int(v.get("ts", 0)) > since]
+
+    def _recently_served(self, datastore: Datastore, now: int) -> list:
+        """Descriptors of the studies (labelled or not) any strategy handed out within the window."""
+        out = []
+        for image in datastore.list_images():
+            info = datastore.get_image_info(image)
+            d = descriptor(info.get(INFO_KEY))
+            if d is not None and self._served_since(info, now - self.diversity_window_s):
+                out.append(d)
+        return out
 
     def __call__(self, request, datastore: Datastore):
         client = request.get("client_id")
@@ -70,16 +91,13 @@ class MostUncertain(Strategy):
         candidates = []
         for image in datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")):
             info = datastore.get_image_info(image)
-            leased = any(now - int(v.get("ts", 0)) < self.lease_s and v.get("client_id") != client
-                         for v in info.get("strategy", {}).values() if isinstance(v, dict))
-            if not leased:
-                candidates.append((image, self._value(info)))
-        if not candidates:
+            if any(v.get("client_id") != client for v in self._served_since(info, now - self.lease_s)):
+                continue  # leased to another client
+            u = info.get(INFO_KEY)
+            candidates.append(Candidate(image, score_value(u, self.score, self.weights), descriptor(u)))
+        diverse = self.diversity is not None and self.diversity.enabled
+        references = self._recently_served(datastore, now) if diverse and candidates else []
+        chosen = pick(candidates, self._rng, int(request.get("top_k", 1)), self.diversity, references)
+        if chosen is None:
             return None
-        scored = sorted((c for c in candidates if c[1] is not None), key=lambda c: -c[1])
-        unscored = [c for c in candidates if c[1] is None]
-        self._rng.shuffle(unscored)
-        ranked = scored + unscored
-        top_k = max(1, int(request.get("top_k", 1)))
-        image, value = self._rng.choice(ranked[:top_k])
-        return {"id": image, "weight": value if value is not None else 0.0}
+        return {"id": chosen.id, "weight": chosen.value if chosen.value is not None else 0.0}
