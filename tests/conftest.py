@@ -62,9 +62,10 @@ class Server:
     log: Path
 
 
-def start_server(studies: StudySet, model_dir: Path, log: Path, extra_conf: dict | None = None) -> Server:
+def start_server(studies: StudySet, model_dir: Path, log: Path, extra_conf: dict | None = None,
+                 env: dict | None = None) -> Server:
     conf = {"model_dir": str(model_dir), "max_epochs": "1", **(extra_conf or {})}
-    local = localserver.start_server(studies.folder, log, conf)
+    local = localserver.start_server(studies.folder, log, conf, env=env)
     return Server(local.url, studies, model_dir, local, log)
 
 

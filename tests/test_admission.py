@@ -127,3 +127,48 @@ def test_info_stays_responsive_and_overload_gets_429(tmp_path):
         assert admission["refused_busy"] == codes.count(429) and admission["running"] == 0
     finally:
         stop_server(server)
+
+
+@pytest.mark.server
+def test_temporary_files_are_removed_even_when_requests_fail(tmp_path):
+    """Uploads and results live in the server's temp folder only for the request, failed ones included."""
+    studies = make_studies(tmp_path / "studies", labelled=1, unlabelled=1, seed=9)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    copy_weights(model_dir)
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir()
+    server = start_server(studies, model_dir, tmp_path / "server.log", env={"TMPDIR": str(server_tmp)})
+    # What the server writes there once at start (MONAI Label's logging config) is not per request.
+    at_start = {p for p in server_tmp.rglob("*") if p.is_file()}
+    try:
+        url, image = server.url, studies.unlabelled[0]
+        garbage = tmp_path / "garbage.nii.gz"
+        garbage.write_bytes(np.random.default_rng(0).bytes(5000))
+        good_image = studies.folder / f"{image}.nii.gz"
+        answers = []
+        for _ in range(2):
+            answers.append(requests.post(f"{url}/infer/cascade?image={image}", data={"params": "{}"}, timeout=120))
+            with open(good_image, "rb") as f:  # an uploaded image instead of a datastore id
+                answers.append(requests.post(f"{url}/infer/cascade", files={"file": ("up.nii.gz", f)},
+                                             data={"params": "{}"}, timeout=120))
+            with open(garbage, "rb") as f:
+                answers.append(requests.post(f"{url}/infer/cascade", files={"file": ("bad.nii.gz", f)},
+                                             data={"params": "{}"}, timeout=120))
+            with open(garbage, "rb") as f:
+                answers.append(requests.put(f"{url}/datastore/label?image={image}&tag=final",
+                                            files={"label": ("bad.nii.gz", f)}, timeout=120))
+            with open(garbage, "rb") as f:
+                answers.append(requests.put(f"{url}/datastore/image?image=new_study",
+                                            files={"file": ("bad.nii.gz", f)}, timeout=120))
+        assert [a.status_code for a in answers] == [200, 200, 422, 422, 422] * 2
+        deadline = time.time() + 10
+        leftovers = []
+        while time.time() < deadline:
+            leftovers = sorted(str(p) for p in server_tmp.rglob("*") if p.is_file() and p not in at_start)
+            if not leftovers:
+                break
+            time.sleep(0.2)
+        assert leftovers == []
+    finally:
+        stop_server(server)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from fastapi import HTTPException
+from fastapi import BackgroundTasks, HTTPException
 from fastapi.routing import APIRoute
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,18 @@ class Admission:
                                   round(self._service_s, 3))
 
 
+def _run_cleanups(tasks: BackgroundTasks | None) -> None:
+    """MONAI Label removes uploaded temporary files in background tasks, which FastAPI runs only
+    after a successful response: on an error they would stay in the temp folder forever."""
+    for task in list(tasks.tasks) if tasks is not None else []:
+        try:
+            task.func(*task.args, **task.kwargs)
+        except Exception as e:  # noqa: BLE001 - a failed clean-up must not hide the request's error
+            logger.warning("clean-up after a failed request: %s", e)
+    if tasks is not None:
+        tasks.tasks.clear()
+
+
 def threaded_twin(endpoint: Callable, implementation: Callable, gate: Admission | None = None) -> Callable:
     """A synchronous handler with ``endpoint``'s parameters that calls ``implementation``.
 
@@ -138,10 +150,12 @@ def threaded_twin(endpoint: Callable, implementation: Callable, gate: Admission 
         args = {k: v for k, v in kwargs.items() if k in accepted}
         if "user" in args:  # the implementations take the user's name, the endpoints the user
             args["user"] = getattr(args["user"], "username", args["user"])
-        if gate is None:
-            return implementation(**args)
-        with gate.admit():
-            return implementation(**args)
+        try:
+            with gate.admit() if gate is not None else contextlib.nullcontext():
+                return implementation(**args)
+        except BaseException:
+            _run_cleanups(kwargs.get("background_tasks"))
+            raise
 
     handler.__signature__ = signature  # FastAPI reads the parameters from here
     handler.__name__ = f"threaded_{endpoint.__name__}"
