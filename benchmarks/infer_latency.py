@@ -22,34 +22,20 @@ from pathlib import Path
 
 import torch
 
-from radcascade import localserver
+from benchlib import CT_LABEL, CT_SIZE, PRETRAINED, RESULTS, SAMPLE_LABEL, SAMPLE_SIZE, STAGES, decode_result, meta
+from benchlib import median_stages as _median_stages
+from benchlib import start_cascade_server
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
-from radcascade.sample_data import DEFAULT_SHAPE, DEFAULT_SPACING, generate_datastore
+from radcascade.sample_data import generate_datastore
 
-HERE = Path(__file__).resolve().parent
-PRETRAINED = localserver.APP_DIR / "pretrained"
-SIZES = {
-    "sample 128x128x48 @2.5x2.5x4mm": (DEFAULT_SHAPE, DEFAULT_SPACING),
-    "CT 512x512x200 @0.8x0.8x2.5mm": ((512, 512, 200), (0.8, 0.8, 2.5)),
-}
-STAGES = ("load", "organ", "lesion", "postprocess", "classifier", "write", "total")
-
-
-def _median_stages(results: list[dict]) -> dict:
-    """Median per stage; None for a stage this path does not have (e.g. no file written in-process)."""
-    return {k: statistics.median(r["latencies"][k] for r in results) if k in results[0]["latencies"] else None
-            for k in STAGES}
+SIZES = {SAMPLE_LABEL: SAMPLE_SIZE, CT_LABEL: CT_SIZE}
 
 
 def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path, device: str) -> dict:
     from monailabel.client import MONAILabelClient
 
-    model_dir = work / "model"
-    model_dir.mkdir(exist_ok=True)
-    for f in ("organ.pt", "lesion.pt", "classifier.pt"):
-        shutil.copy(PRETRAINED / f, model_dir / f)
-    server = localserver.start_server(studies, work / "server.log", {"model_dir": str(model_dir), "device": device})
+    server = start_cascade_server(studies, work, device)
     try:
         client = MONAILabelClient(server.url, tmpdir=str(work / "client"))
         out = {}
@@ -60,7 +46,7 @@ def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path,
                 t0 = time.perf_counter()
                 _, res = client.infer("cascade", image_id, {})
                 walls.append(time.perf_counter() - t0)
-                results.append(json.loads(res) if isinstance(res, (str, bytes)) else res)
+                results.append(decode_result(res))
             out[label] = {"end_to_end_s": statistics.median(walls), "stages_s": _median_stages(results),
                           "lesions": results[-1]["lesion_count"]}
         return out
@@ -91,7 +77,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-server", action="store_true", help="in-process timings only")
-    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="radcascade-bench-"))
@@ -114,20 +100,18 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     a.out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": f".venv/bin/python benchmarks/infer_latency.py --repeats {a.repeats} --device {a.device}"
-                   + (" --no-server" if a.no_server else ""),
-        "machine": localserver.machine_description(),
-        "date": time.strftime("%Y-%m-%d"),
-        "repeats": a.repeats,
-        "note": "median of repeats after one warm-up request; 'total' is inside the infer task, "
-                "end-to-end adds HTTP, multipart encoding and the client writing the label file",
-    }
+    info = meta(
+        f".venv/bin/python benchmarks/infer_latency.py --repeats {a.repeats} --device {a.device}"
+        + (" --no-server" if a.no_server else ""),
+        repeats=a.repeats,
+        note="median of repeats after one warm-up request; 'total' is inside the infer task, "
+             "end-to-end adds HTTP, multipart encoding and the client writing the label file",
+    )
     stem = a.out / f"infer_latency-{a.device}"
-    stem.with_suffix(".json").write_text(json.dumps({**meta, "results": rows}, indent=1))
+    stem.with_suffix(".json").write_text(json.dumps({**info, "results": rows}, indent=1))
     stem.with_suffix(".md").write_text(
-        f"# /infer/cascade latency ({a.device})\n\n- command: `{meta['command']}`\n- machine: {meta['machine']}\n"
-        f"- date: {meta['date']}\n- {meta['note']}\n\n{table}\n"
+        f"# /infer/cascade latency ({a.device})\n\n- command: `{info['command']}`\n- machine: {info['machine']}\n"
+        f"- date: {info['date']}\n- {info['note']}\n\n{table}\n"
     )
     shutil.rmtree(work, ignore_errors=True)
 

@@ -38,6 +38,19 @@ class LocalServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
 
+    def processes(self) -> list[int]:
+        """Pids of the launcher and all its descendants (the server proper is a child of the launcher)."""
+        return process_tree(self.process.pid)
+
+    def peak_memory_mb(self) -> dict[int, float]:
+        """Peak resident memory (``VmHWM``) of every live process of the server, in MiB, by pid."""
+        out = {}
+        for pid in self.processes():
+            kb = _status_kb(pid, "VmHWM")
+            if kb is not None:
+                out[pid] = kb / 1024.0
+        return out
+
 
 def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, app_dir: Path = APP_DIR,
                  env: dict[str, str] | None = None, timeout_s: float = 180) -> LocalServer:
@@ -73,6 +86,34 @@ def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, a
         time.sleep(1)
     server.stop()
     raise RuntimeError(f"server did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def _status_kb(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            ppid = int(text[text.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
 
 
 def machine_description() -> str:

@@ -1,0 +1,64 @@
+"""Helpers shared by the benchmark scripts (sizes, our server with given weights, result decoding, memory).
+
+Benchmarks are run as ``.venv/bin/python benchmarks/<script>.py``; Python puts ``benchmarks/`` first
+on ``sys.path``, so ``import benchlib`` works from them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from radcascade import localserver
+from radcascade.sample_data import DEFAULT_SHAPE, DEFAULT_SPACING
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PRETRAINED = localserver.APP_DIR / "pretrained"
+MODEL_FILES = ("organ.pt", "lesion.pt", "classifier.pt")
+
+SAMPLE_SIZE = (DEFAULT_SHAPE, DEFAULT_SPACING)  # 128x128x48 @ 2.5x2.5x4 mm
+CT_SIZE = ((512, 512, 200), (0.8, 0.8, 2.5))  # a typical abdominal CT
+SAMPLE_LABEL = "sample 128x128x48 @2.5x2.5x4mm"
+CT_LABEL = "CT 512x512x200 @0.8x0.8x2.5mm"
+
+# Per-stage latencies our /infer/cascade result JSON reports (seconds).
+STAGES = ("load", "organ", "lesion", "postprocess", "classifier", "write", "total")
+
+
+def median_stages(results: list[dict], stages=STAGES) -> dict:
+    """Median per stage; None for a stage this path does not have (e.g. no file written in-process)."""
+    return {k: statistics.median(r["latencies"][k] for r in results) if k in results[0]["latencies"] else None
+            for k in stages}
+
+
+def decode_result(res) -> dict:
+    """``MONAILabelClient.infer`` returns the result JSON as bytes, str or dict depending on the path."""
+    if isinstance(res, bytes):
+        res = res.decode()
+    return json.loads(res) if isinstance(res, str) else dict(res or {})
+
+
+def install_weights(model_dir: Path, source: Path = PRETRAINED, files=MODEL_FILES) -> Path:
+    """Copy model files into a fresh model folder (the app copies nothing over files that exist)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if (source / f).exists():
+            shutil.copy(source / f, model_dir / f)
+    return model_dir
+
+
+def start_cascade_server(studies: Path, work: Path, device: str, weights: Path = PRETRAINED,
+                         extra_conf: dict | None = None) -> localserver.LocalServer:
+    """Our app (``apps/radcascade``) on ``studies`` with the model files of ``weights``."""
+    model_dir = install_weights(work / "model", weights)
+    conf = {"model_dir": str(model_dir), "device": device, **(extra_conf or {})}
+    return localserver.start_server(studies, work / "server.log", conf)
+
+
+def meta(command: str, **extra) -> dict:
+    return {"command": command, "machine": localserver.machine_description(), "date": time.strftime("%Y-%m-%d"),
+            **extra}
