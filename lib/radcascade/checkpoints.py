@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,24 @@ def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_model_temporaries(model_dir: str | os.PathLike, older_than_s: float = 3600) -> int:
+    """Delete ``.<name>.*.tmp`` files that a killed publisher left in ``model_dir``.
+
+    They are never loaded (the published name only ever points at a whole file), but each is a
+    full model's worth of disk.  Only old ones go: a training run may be publishing right now.
+    """
+    removed = 0
+    now = time.time()
+    for f in Path(model_dir).glob(".*.tmp"):
+        try:
+            if f.is_file() and now - f.stat().st_mtime > older_than_s:
+                f.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

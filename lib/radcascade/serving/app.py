@@ -35,6 +35,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 
 from radcascade.cascade import Cascade
+from radcascade.checkpoints import remove_stale_model_temporaries
 from radcascade.labels import LabelContract
 from radcascade.serving.admission import Admission, AdmissionPolicy, install_nonblocking_routes
 from radcascade.serving.datastore import ValidatingDatastore
@@ -77,6 +78,8 @@ class RadCascadeApp(MONAILabelApp):
         self.admission = Admission(AdmissionPolicy.from_conf(conf))
         self.model_dir = Path(conf.get("model_dir") or Path(app_dir) / "model")
         install_pretrained(self.model_dir, Path(app_dir) / "pretrained")
+        if removed := remove_stale_model_temporaries(self.model_dir):
+            logger.info("removed %d half-written model files left by a killed training run", removed)
         device = torch.device(conf["device"]) if conf.get("device") else default_device()
         amp = str(conf.get("amp", "true")).lower() == "true"
         self.cascade = Cascade(self.contract, self.model_dir / "organ.pt", self.model_dir / "lesion.pt", device,
