@@ -13,9 +13,12 @@ Prints a table and writes ``benchmarks/results/infer_latency-<device>.json`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,17 +57,26 @@ def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path,
         server.stop()
 
 
-def bench_in_process(studies: Path, names: dict[str, str], repeats: int, device: str) -> dict:
+def bench_in_process(studies: Path, names: dict[str, str], repeats: int, device: str, knobs: dict | None = None) -> dict:
+    """``knobs``: technique trials on the lesion stage's sliding window (``overlap``, ``sw_batch_size``) and
+    ``inference_mode`` (run under ``torch.inference_mode`` instead of the stages' ``no_grad`` alone)."""
+    knobs = knobs or {}
     cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device(device),
                       classifier_model=PRETRAINED / "classifier.pt")
+    for k in ("overlap", "sw_batch_size"):
+        if knobs.get(k) is not None:
+            setattr(cascade.lesion_stage, k, knobs[k])
+    mode = torch.inference_mode if knobs.get("inference_mode") else contextlib.nullcontext
     out = {}
     for label, image_id in names.items():
         path = studies / f"{image_id}.nii.gz"
-        cascade.run_file(path)
+        with mode():
+            cascade.run_file(path)
         walls, results = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            volume, result = cascade.run_file(path)
+            with mode():
+                volume, result = cascade.run_file(path)
             walls.append(time.perf_counter() - t0)
             results.append({"latencies": result.latencies_s})
         out[label] = {"end_to_end_s": statistics.median(walls), "stages_s": _median_stages(results)}
@@ -78,6 +90,11 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-server", action="store_true", help="in-process timings only")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--overlap", type=float, default=None, help="trial: lesion sliding-window overlap (in-process)")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="trial: lesion sliding-window batch (in-process)")
+    p.add_argument("--inference-mode", action="store_true", help="trial: torch.inference_mode (in-process)")
+    p.add_argument("--threads", type=int, default=None, help="trial: torch.set_num_threads (in-process)")
+    p.add_argument("--tag", default="", help="suffix for the result files of a trial")
     a = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="radcascade-bench-"))
@@ -87,7 +104,11 @@ def main() -> None:
         print(f"generating {label} ...", flush=True)
         generate_datastore(studies, 0, 1, seed=500 + i, shape=shape, spacing=spacing, prefix=f"bench{i}")
         names[label] = f"bench{i}_000"
-    rows = {"in-process": bench_in_process(studies, names, a.repeats, a.device)}
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    knobs = {"overlap": a.overlap, "sw_batch_size": a.sw_batch_size, "inference_mode": a.inference_mode,
+             "threads": a.threads}
+    rows = {"in-process": bench_in_process(studies, names, a.repeats, a.device, knobs)}
     if not a.no_server:
         rows["server /infer/cascade"] = bench_server(studies, names, a.repeats, work, a.device)
 
@@ -101,13 +122,12 @@ def main() -> None:
     print(table)
     a.out.mkdir(parents=True, exist_ok=True)
     info = meta(
-        f".venv/bin/python benchmarks/infer_latency.py --repeats {a.repeats} --device {a.device}"
-        + (" --no-server" if a.no_server else ""),
-        repeats=a.repeats,
+        ".venv/bin/python benchmarks/infer_latency.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+        repeats=a.repeats, knobs=knobs,
         note="median of repeats after one warm-up request; 'total' is inside the infer task, "
              "end-to-end adds HTTP, multipart encoding and the client writing the label file",
     )
-    stem = a.out / f"infer_latency-{a.device}"
+    stem = a.out / f"infer_latency-{a.device}{'-' + a.tag if a.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps({**info, "results": rows}, indent=1))
     stem.with_suffix(".md").write_text(
         f"# /infer/cascade latency ({a.device})\n\n- command: `{info['command']}`\n- machine: {info['machine']}\n"
