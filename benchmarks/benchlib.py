@@ -62,3 +62,24 @@ def start_cascade_server(studies: Path, work: Path, device: str, weights: Path =
 def meta(command: str, **extra) -> dict:
     return {"command": command, "machine": localserver.machine_description(), "date": time.strftime("%Y-%m-%d"),
             **extra}
+
+
+def mean_std(values, digits: int = 3) -> str:
+    """``mean ± std`` of the values that are not None (population std), ``-`` when there are none."""
+    import numpy as np
+
+    v = [x for x in values if x is not None]
+    return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if v else "-"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -29,6 +29,7 @@ from radcascade.classifier import ClassifierConfig, LesionSample, lesion_samples
 from radcascade.evaluation import classification_metrics
 from radcascade.patches import PatchConfig
 from radcascade.sample_data import generate_study
+from benchlib import mean_std, pyplot
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,10 +116,7 @@ def main() -> None:
     header = "| method | " + " | ".join(f"{int(f * 100)}% (~{int(np.mean(n_train[f]))} lesions)" for f in fracs) + " |"
     lines = [header, "|---|" + "---|" * len(fracs)]
     for m in methods:
-        cells = []
-        for f in fracs:
-            v = agg.get((m, f), [])
-            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "-")
+        cells = [mean_std(agg.get((m, f), [])) for f in fracs]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
@@ -140,12 +138,8 @@ def main() -> None:
         f"- command: `{cmd}`\n- machine: {meta['machine']}\n- date: {meta['date']}\n"
         f"- held-out test set: {len(test)} lesions from {a.test} studies never used in training\n"
         f"- backbone: {meta['backbone']}; {a.epochs} epochs max, early stopping on validation AUC\n\n{table}\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is not None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         xs = [np.mean(n_train[f]) for f in fracs]
         for m in methods:
@@ -161,8 +155,6 @@ def main() -> None:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(stem.with_suffix(".png"), dpi=110)
-    except ImportError:
-        print("matplotlib missing: no plot")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ class Diversity:
         return self.penalty > 0
 
 
+# What the server's ``combined`` strategy uses unless configured otherwise (``--conf al_diversity``).
+DEFAULT_DIVERSITY = Diversity(penalty=0.5, radius=0.1)
+
+
 @dataclass
 class Candidate:
     """An unlabelled study as the ranking sees it."""

@@ -489,14 +489,17 @@ class LesionPrediction:
     view_disagreement: float  # std over views of the winning class's probability
 
 
-def predict_lesions(net: LesionClassifierNet, patches: torch.Tensor) -> list[LesionPrediction]:
-    """One batched forward pass for all lesions of a study."""
+def predict_lesions(net: LesionClassifierNet, patches: torch.Tensor, batch: int = 128) -> list[LesionPrediction]:
+    """Batched forward passes (``batch`` patches each: a poor lesion model can report thousands of
+    specks, which in one batch would exhaust memory) for all lesions of a study."""
     if len(patches) == 0:
         return []
     net.eval()
     L, V = patches.shape[:2]
+    flat = patches.reshape(L * V, *patches.shape[2:])
     with torch.no_grad():
-        per_view = torch.softmax(net(patches.reshape(L * V, *patches.shape[2:])).float(), 1).view(L, V, -1)
+        per_view = torch.cat([torch.softmax(net(flat[i:i + batch]).float(), 1)
+                              for i in range(0, len(flat), batch)]).view(L, V, -1)
     mean = per_view.mean(1)
     k = mean.shape[1]
     ent = -(mean.clamp_min(1e-8) * mean.clamp_min(1e-8).log()).sum(1) / math.log(k)

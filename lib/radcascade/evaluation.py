@@ -42,3 +42,41 @@ def classification_metrics(y_true, probs, n_classes: int) -> ClassificationMetri
             auc = float(roc_auc_score(y, p[:, present] / p[:, present].sum(1, keepdims=True), multi_class="ovr",
                                       labels=present)) if len(present) > 2 else None
     return ClassificationMetrics(len(y), acc, auc)
+
+
+@dataclass
+class LesionDetection:
+    """Lesion-wise detection counts for one or more studies (connected components, 26-connectivity)."""
+
+    true_lesions: int
+    detected: int
+    predicted_lesions: int
+    false_positives: int
+
+    @property
+    def recall(self) -> float | None:
+        return self.detected / self.true_lesions if self.true_lesions else None
+
+    def __add__(self, other: "LesionDetection") -> "LesionDetection":
+        return LesionDetection(self.true_lesions + other.true_lesions, self.detected + other.detected,
+                               self.predicted_lesions + other.predicted_lesions,
+                               self.false_positives + other.false_positives)
+
+
+def lesion_detection(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.1) -> LesionDetection:
+    """A true lesion is *detected* when some predicted lesion overlaps it with IoU >= ``min_iou``;
+    a predicted lesion with IoU < ``min_iou`` against every true lesion is a false positive."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3, 3), bool)
+    tl, nt = ndimage.label(np.asarray(truth, bool), structure)
+    pl, npred = ndimage.label(np.asarray(pred, bool), structure)
+    if nt == 0 or npred == 0:
+        return LesionDetection(nt, 0, npred, npred)
+    both = (tl > 0) & (pl > 0)
+    pairs, inter = np.unique(np.stack([tl[both], pl[both]]), axis=1, return_counts=True)
+    t_size = np.bincount(tl.ravel(), minlength=nt + 1)
+    p_size = np.bincount(pl.ravel(), minlength=npred + 1)
+    iou = inter / (t_size[pairs[0]] + p_size[pairs[1]] - inter)
+    hit = iou >= min_iou
+    return LesionDetection(nt, len(np.unique(pairs[0][hit])), npred, npred - len(np.unique(pairs[1][hit])))

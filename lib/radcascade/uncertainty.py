@@ -73,50 +73,65 @@ def _dropout_on(net: torch.nn.Module):
             m.train()
 
 
-class CascadeUncertainty:
-    """Scores studies with the cascade's warm models (no reloading, same device)."""
+# Test-time augmentations: flips of each spatial axis of a [C, X, Y, Z] tensor, small intensity shifts.
+TTA_FLIPS = ((), (1,), (2,), (3,))
+TTA_SHIFTS = (0.0, 0.02, -0.02)
 
-    def __init__(self, cascade: Cascade, passes: int = 6, seed: int = 0):
+
+def _tta_inputs(x: torch.Tensor) -> torch.Tensor:
+    """``[C, X, Y, Z]`` -> ``[len(TTA_FLIPS) * len(TTA_SHIFTS), C, X, Y, Z]``."""
+    return torch.stack([(x.flip(f) if f else x) + shift for f in TTA_FLIPS for shift in TTA_SHIFTS])
+
+
+def _tta_undo(probs: torch.Tensor) -> torch.Tensor:
+    """Flip each augmented output ``[N, X, Y, Z]`` back to the original orientation."""
+    per_input = [f for f in TTA_FLIPS for _ in TTA_SHIFTS]
+    return torch.stack([p.flip(tuple(d - 1 for d in f)) if f else p for p, f in zip(probs, per_input)])
+
+
+class CascadeUncertainty:
+    """Scores studies with the cascade's warm models (no reloading, same device).
+
+    The MC-dropout passes and the test-time augmentations of a stage go through the network as
+    batches of up to ``batch`` inputs (one forward, or one sliding-window sweep, per batch)."""
+
+    def __init__(self, cascade: Cascade, passes: int = 6, seed: int = 0, batch: int = 12):
         self.cascade = cascade
         self.passes = passes
         self.seed = seed
+        self.batch = max(1, batch)
+
+    def _batched(self, run, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([run(inputs[i:i + self.batch]) for i in range(0, len(inputs), self.batch)])
+
+    def _inputs(self, x: torch.Tensor, mc: bool) -> torch.Tensor:
+        return x.unsqueeze(0).expand(self.passes, *x.shape) if mc else _tta_inputs(x)
 
     @torch.no_grad()
     def _organ_probs(self, net, x: torch.Tensor, divisor: int, mc: bool) -> torch.Tensor:
         xp, back = pad_to_multiple(x, divisor)
-        outs = []
         if mc:
             _dropout_on(net)
-            for _ in range(self.passes):
-                outs.append(torch.softmax(net(xp.unsqueeze(0))[0].float(), 0)[1][back[1:]])
+        try:
+            probs = self._batched(lambda b: torch.softmax(net(b).float(), 1)[:, 1], self._inputs(xp, mc))
+        finally:
             net.eval()
-        else:
-            for flip in ((), (1,), (2,), (3,)):
-                inp = xp.flip(flip) if flip else xp
-                for shift in (0.0, 0.02, -0.02):
-                    out = torch.softmax(net((inp + shift).unsqueeze(0))[0].float(), 0)[1]
-                    out = out.flip(tuple(d - 1 for d in flip)) if flip else out
-                    outs.append(out[back[1:]])
-        return torch.stack(outs)
+        probs = probs if mc else _tta_undo(probs)
+        return probs[(slice(None), *back[1:])]
 
     @torch.no_grad()
     def _lesion_probs(self, net, x: torch.Tensor, roi, mc: bool) -> torch.Tensor:
-        def run(inp):
-            return torch.softmax(sliding_window_inference(inp.unsqueeze(0), roi, 2, net, overlap=0.25,
-                                                          mode="gaussian")[0].float(), 0)[1]
+        def run(b: torch.Tensor) -> torch.Tensor:
+            logits = sliding_window_inference(b, roi, self.batch, net, overlap=0.25, mode="gaussian")
+            return torch.softmax(logits.float(), 1)[:, 1]
 
-        outs = []
         if mc:
             _dropout_on(net)
-            outs = [run(x) for _ in range(self.passes)]
+        try:
+            probs = self._batched(run, self._inputs(x, mc))
+        finally:
             net.eval()
-        else:
-            for flip in ((), (1,), (2,), (3,)):
-                inp = x.flip(flip) if flip else x
-                for shift in (0.0, 0.02, -0.02):
-                    out = run(inp + shift)
-                    outs.append(out.flip(tuple(d - 1 for d in flip)) if flip else out)
-        return torch.stack(outs)
+        return probs if mc else _tta_undo(probs)
 
     def score(self, volume: Volume) -> StudyUncertainty:
         torch.manual_seed(self.seed)

@@ -1,0 +1,339 @@
+"""Does uncertainty-driven "Next sample" beat random? A simulated Slicer annotation loop, no server.
+
+Per seed: generated studies (a pool + a few labelled to start with) and a fixed held-out test set
+(other generator seeds, never trained on). Round 0 trains the organ and lesion UNets from scratch
+and the classifier (deep features) on the starting studies. Then, for every strategy, each round
+picks ``--per-round`` studies from the pool, "annotates" them with the generator's ground truth,
+retrains every stage for a fixed number of **epochs** (warm-started from the strategy's previous
+round, as the app does; epochs rather than minutes because the machine is shared) and evaluates
+the cascade on the test set.
+
+Strategies: ``random``, ``first`` (the next in name order, as MONAI Label's ``First``),
+``epistemic``, ``tta``, ``classifier``, ``combined`` -- the uncertainty ones score the pool with
+:class:`radcascade.uncertainty.CascadeUncertainty` and rank it with
+:func:`radcascade.active_learning.rank`, the code the server's strategies run; ``combined`` with
+the app's default diversity penalty, ``combined-nodiv`` without it.
+
+Metrics on the test set: organ Dice (mean over studies), lesion Dice (pooled over the test set:
+many studies have no lesion), lesion detection recall (a true lesion is detected when a predicted
+lesion overlaps it with IoU >= 0.1, 26-connected components) and false positives per study, and
+the classifier's ROC AUC on the test set's *true* lesions (so it measures the classifier, not the
+detector).
+
+    .venv/bin/python benchmarks/active_learning.py            # the recorded run (CPU, ~40 min on 2 cores)
+    .venv/bin/python benchmarks/active_learning.py --quick    # a smoke run (~2 min)
+
+Writes ``benchmarks/results/active_learning.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.utils import set_determinism
+
+from radcascade.active_learning import DEFAULT_DIVERSITY, Candidate, Diversity, descriptor, rank, score_value
+from radcascade.cascade import Cascade
+from radcascade.classifier import ClassifierConfig, LesionSample, lesion_samples
+from radcascade.classifier_training import train_classifier_from_cases
+from radcascade.evaluation import LesionDetection, classification_metrics, dice, lesion_detection
+from radcascade.labels import LabelContract
+from radcascade.networks import UNetSpec
+from radcascade.patches import PatchConfig
+from radcascade.sample_data import Study, generate_datastore
+from radcascade.training import TrainConfig, Trainer, TrainingCase
+from radcascade.uncertainty import CascadeUncertainty, StudyUncertainty
+from radcascade.volumes import Volume, load_volume
+from benchlib import mean_std, meta, pyplot
+
+HERE = Path(__file__).resolve().parent
+# The tests' small studies: the sample set's anatomy in mm, at coarser voxels (CPU budget).
+SHAPE = (80, 80, 32)
+SPACING = (4.0, 4.0, 6.0)
+ORGAN_SPACING = (8.0, 8.0, 12.0)
+LESION_SPACING = SPACING
+PATCH = (32, 32, 16)
+# A small UNet with dropout (MC dropout needs it); the app's defaults are (16, 32, 64, 128).
+SMALL_UNET = UNetSpec(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, dropout=0.1)
+TEST_SEED = 9100
+STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv")
+METRICS = ("organ_dice", "lesion_dice", "detection_recall", "fp_per_study", "classifier_auc")
+
+
+@dataclass
+class TestSet:
+    studies: list[Study]
+    volumes: list[Volume]
+    lesions: list[LesionSample]
+
+
+@dataclass
+class Evaluation:
+    """The cascade's figures on the test set after one round."""
+
+    organ_dice: float
+    lesion_dice: float
+    detection_recall: float | None
+    fp_per_study: float
+    classifier_auc: float | None
+
+
+@dataclass
+class Row:
+    seed: int
+    strategy: str
+    round: int
+    labelled: int
+    picked: list[str]
+    train_s: float
+    score_s: float
+    metrics: Evaluation
+
+
+def make_studies(folder: Path, n: int, seed: int, prefix: str) -> list[Study]:
+    """``n`` studies with their labels written (the simulated annotator's ground truth)."""
+    return generate_datastore(folder, n, 0, seed=seed, shape=SHAPE, spacing=SPACING, prefix=prefix)
+
+
+def case(folder: Path, name: str) -> TrainingCase:
+    return TrainingCase(name, folder / f"{name}.nii.gz", folder / "labels" / "final" / f"{name}.nii.gz")
+
+
+def train_round(model_dir: Path, cases: list[TrainingCase], epochs: int, seed: int, contract: LabelContract) -> None:
+    """Retrain organ, lesion (warm from ``model_dir`` when present) and classifier (deep features).
+
+    The augmentation streams are seeded from ``seed`` (MONAI's ``Compose`` takes its seed from
+    ``set_determinism``), so two strategies that pick the same studies train the same models."""
+    quiet = lambda msg: None  # noqa: E731
+    set_determinism(seed)
+    for stage, spacing in (("organ", ORGAN_SPACING), ("lesion", LESION_SPACING)):
+        cfg = TrainConfig(stage=stage, max_epochs=epochs, seed=seed, spec=SMALL_UNET, spacing=spacing,
+                          patch_size=PATCH, samples_per_volume=4, amp=False)
+        Trainer(cfg, contract, model_dir / f"{stage}.pt", device=torch.device("cpu"), progress=quiet).fit(cases)
+    try:
+        train_classifier_from_cases(cases, contract, ClassifierConfig(mode="features", seed=seed), PatchConfig(),
+                                    model_dir / "classifier.pt", device=torch.device("cpu"), progress=quiet)
+    except ValueError as e:  # e.g. lesions of one class only so far: keep the previous classifier, if any
+        print(f"    classifier not retrained: {e}", flush=True)
+
+
+def cascade_of(model_dir: Path, contract: LabelContract) -> Cascade:
+    clf = model_dir / "classifier.pt"
+    return Cascade(contract, model_dir / "organ.pt", model_dir / "lesion.pt", torch.device("cpu"), amp=False,
+                   classifier_model=clf if clf.exists() else None)
+
+
+def evaluate(cascade: Cascade, test: TestSet) -> Evaluation:
+    organ, inter, total = [], 0.0, 0.0
+    detection = LesionDetection(0, 0, 0, 0)
+    for study, volume in zip(test.studies, test.volumes):
+        label = cascade.run(volume).label
+        organ.append(dice(label >= 1, study.label >= 1))
+        p, t = label >= 2, study.label >= 2
+        inter, total = inter + float((p & t).sum()), total + float(p.sum() + t.sum())
+        detection = detection + lesion_detection(p, t)
+    auc = None
+    loaded = cascade.classifier_model.get() if cascade.classifier_model else None
+    if loaded is not None and test.lesions:
+        probs = loaded.network.predict_proba(torch.stack([s.patches for s in test.lesions])).cpu().numpy()
+        auc = classification_metrics([s.label for s in test.lesions], probs, 2).auc
+    return Evaluation(float(np.mean(organ)), 1.0 if total == 0 else 2 * inter / total, detection.recall,
+                      detection.false_positives / len(test.studies), auc)
+
+
+def score_pool(cascade: Cascade, volumes: dict[str, Volume], names: list[str]) -> dict[str, StudyUncertainty]:
+    scorer = CascadeUncertainty(cascade)
+    return {name: scorer.score(volumes[name]) for name in names}
+
+
+def select(strategy: str, remaining: list[str], n: int, rng: random.Random,
+           scores: dict[str, StudyUncertainty] | None, diversity: Diversity) -> list[str]:
+    """The ``n`` studies a strategy hands out next (one annotator, so ``top_k`` = 1)."""
+    if strategy == "random":
+        return rng.sample(sorted(remaining), n)
+    if strategy == "first":
+        return sorted(remaining)[:n]
+    score = "combined" if strategy.startswith("combined") else strategy
+    records = {name: scores[name].to_json() for name in remaining}
+    candidates = [Candidate(name, score_value(r, score), descriptor(r)) for name, r in records.items()]
+    return [c.id for c in rank(candidates, rng, diversity if strategy == "combined" else None, limit=n)]
+
+
+def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -> list[Row]:
+    folder = work / f"seed{seed}"
+    studies = make_studies(folder, a.initial + a.pool, 100 + seed, f"s{seed}")
+    names = [s.name for s in studies]
+    initial, pool = names[:a.initial], names[a.initial:]
+    volumes = {name: load_volume(folder / f"{name}.nii.gz") for name in pool}
+    t = time.time()
+    base = work / f"seed{seed}-round0"
+    train_round(base, [case(folder, n) for n in initial], a.initial_epochs, 1000 * seed, contract)
+    train_s = time.time() - t
+    cascade = cascade_of(base, contract)
+    rows = [Row(seed, s, 0, len(initial), [], train_s, 0.0, evaluate(cascade, test)) for s in a.strategies]
+    print(f"seed {seed} round 0: {len(initial)} labelled, {rows[0].metrics} ({train_s:.0f}s)", flush=True)
+    t = time.time()
+    round0_scores = score_pool(cascade, volumes, pool) if any(s not in ("random", "first") for s in a.strategies) else None
+    round0_score_s = time.time() - t
+    diversity = DEFAULT_DIVERSITY
+
+    for strategy in a.strategies:
+        model_dir = work / f"seed{seed}-{strategy}"
+        shutil.copytree(base, model_dir)
+        cascade = cascade_of(model_dir, contract)
+        rng = random.Random(seed)
+        labelled, remaining = list(initial), list(pool)
+        for r in range(1, a.rounds + 1):
+            t = time.time()
+            scores = None
+            if strategy not in ("random", "first"):
+                scores = round0_scores if r == 1 else score_pool(cascade, volumes, remaining)
+            score_s = round0_score_s if r == 1 and scores is not None else time.time() - t
+            picked = select(strategy, remaining, a.per_round, rng, scores, diversity)
+            labelled += picked
+            remaining = [n for n in remaining if n not in picked]
+            t = time.time()
+            train_round(model_dir, [case(folder, n) for n in labelled], a.epochs, 1000 * seed + r, contract)
+            train_s = time.time() - t
+            row = Row(seed, strategy, r, len(labelled), picked, train_s, score_s, evaluate(cascade, test))
+            rows.append(row)
+            print(f"seed {seed} {strategy:<14} round {r}: +{picked} -> {row.metrics} "
+                  f"(score {score_s:.0f}s, train {train_s:.0f}s)", flush=True)
+    return rows
+
+
+def summarise(rows: list[Row], strategies, rounds: int) -> tuple[str, str]:
+    """The final-round table (mean ± std over seeds, and wins over random per seed) and a per-round table."""
+    by = {(r.strategy, r.round, r.seed): r for r in rows}
+    seeds = sorted({r.seed for r in rows})
+
+    def values(strategy, rnd, metric):
+        return [getattr(by[(strategy, rnd, s)].metrics, metric) for s in seeds if (strategy, rnd, s) in by]
+
+    head = "| strategy | " + " | ".join(METRICS) + " |"
+    lines = [head, "|---|" + "---|" * len(METRICS)]
+    for strategy in strategies:
+        cells = []
+        for m in METRICS:
+            cell = mean_std(values(strategy, rounds, m))
+            if strategy != "random":
+                pairs = [(x, y) for x, y in zip(values(strategy, rounds, m), values("random", rounds, m))
+                         if x is not None and y is not None]
+                better = sum((x < y) if m == "fp_per_study" else (x > y) for x, y in pairs)
+                cell += f" ({better}/{len(pairs)})"
+            cells.append(cell)
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    final = "\n".join(lines)
+    curve = ["| strategy | metric | " + " | ".join(f"round {r}" for r in range(rounds + 1)) + " |",
+             "|---|---|" + "---|" * (rounds + 1)]
+    for strategy in strategies:
+        for m in ("organ_dice", "lesion_dice", "detection_recall", "classifier_auc"):
+            curve.append(f"| {strategy} | {m} | " + " | ".join(mean_std(values(strategy, r, m)) for r in range(rounds + 1)) + " |")
+    return final, "\n".join(curve)
+
+
+def plot(rows: list[Row], strategies, rounds: int, path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    seeds = sorted({r.seed for r in rows})
+    by = {(r.strategy, r.round, r.seed): r for r in rows}
+    for ax, m in zip(axes, ("organ_dice", "lesion_dice", "detection_recall", "classifier_auc")):
+        for strategy in strategies:
+            xs, mean, std = [], [], []
+            for rnd in range(rounds + 1):
+                v = [getattr(by[(strategy, rnd, s)].metrics, m) for s in seeds if (strategy, rnd, s) in by]
+                v = [x for x in v if x is not None]
+                if v:
+                    xs.append(np.mean([by[(strategy, rnd, s)].labelled for s in seeds if (strategy, rnd, s) in by]))
+                    mean.append(np.mean(v))
+                    std.append(np.std(v))
+            style = "--" if strategy in ("random", "first") else "-"
+            ax.errorbar(xs, mean, yerr=std, label=strategy, linestyle=style, marker="o", capsize=2, alpha=0.85)
+        ax.set_xlabel("labelled studies")
+        ax.set_title(m.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Simulated annotation loop on generated studies (mean ± std over {len(seeds)} seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--initial", type=int, default=3, help="labelled studies to start with")
+    p.add_argument("--pool", type=int, default=15, help="unlabelled studies to pick from")
+    p.add_argument("--per-round", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--test", type=int, default=16, help="held-out test studies")
+    p.add_argument("--initial-epochs", type=int, default=20, help="round 0 (from scratch)")
+    p.add_argument("--epochs", type=int, default=8, help="every later round (warm start)")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: these small networks gain little from more, and on a shared "
+                        "machine oversubscribed OpenMP threads are 10-20x slower)")
+    p.add_argument("--quick", action="store_true", help="smoke run")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    a = p.parse_args()
+    if a.quick:
+        a.seeds, a.pool, a.per_round, a.rounds, a.test, a.initial_epochs, a.epochs = [0], 6, 2, 1, 4, 20, 2
+    torch.set_num_threads(a.threads)
+    contract = LabelContract()
+    t0 = time.time()
+    work = Path(tempfile.mkdtemp(prefix="radcascade-al-"))
+    try:
+        test_studies = make_studies(work / "test", a.test, TEST_SEED, "test")
+        test = TestSet(test_studies, [load_volume(work / "test" / f"{s.name}.nii.gz") for s in test_studies],
+                       [x for s in test_studies
+                        for x in lesion_samples(s.name, s.image.astype(np.float32), s.spacing, s.label, PatchConfig())])
+        print(f"test set: {a.test} studies, {len(test.lesions)} lesions "
+              f"(classes {np.bincount([s.label for s in test.lesions], minlength=2).tolist()})", flush=True)
+        rows = [row for seed in a.seeds for row in run_seed(seed, a, test, work, contract)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    final, curve = summarise(rows, a.strategies, a.rounds)
+    print(final)
+    cmd = "nice -n 10 flock /tmp/radcascade-cpu.lock .venv/bin/python " + " ".join(["benchmarks/active_learning.py", *sys.argv[1:]])
+    record = {**meta(cmd), "minutes": round((time.time() - t0) / 60, 1), "seeds": a.seeds,
+            "initial": a.initial, "pool": a.pool, "per_round": a.per_round, "rounds": a.rounds,
+            "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
+            "epochs": a.epochs, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
+            "lesion_spacing_mm": LESION_SPACING, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
+            "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(DEFAULT_DIVERSITY)}
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / ("active_learning-quick" if a.quick else "active_learning")
+    stem.with_suffix(".json").write_text(json.dumps({**record, "rows": [
+        {**{k: v for k, v in asdict(r).items() if k != "metrics"}, **asdict(r.metrics)} for r in rows]}, indent=1))
+    stem.with_suffix(".md").write_text(
+        f"# Active learning: simulated annotation loop (mean ± std over seeds {a.seeds})\n\n"
+        f"- command: `{cmd}` ({record['minutes']} min, {a.threads} torch thread(s))\n- machine: {record['machine']}\n"
+        f"- date: {record['date']}\n"
+        f"- studies: generated, {SHAPE} voxels at {SPACING} mm; organ UNet at {ORGAN_SPACING} mm, lesion UNet at "
+        f"{LESION_SPACING} mm, both {SMALL_UNET.channels} channels, dropout {SMALL_UNET.dropout}, patches {PATCH}\n"
+        f"- loop: {a.initial} labelled to start, a pool of {a.pool}, {a.per_round} picked per round, {a.rounds} rounds; "
+        f"round 0 trains {a.initial_epochs} epochs from scratch, later rounds {a.epochs} epochs warm-started; "
+        f"classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"
+        f"- test set: {a.test} generated studies (seed {TEST_SEED}), {len(test.lesions)} lesions\n"
+        f"- `combined` uses the app's default diversity (penalty {DEFAULT_DIVERSITY.penalty}, radius {DEFAULT_DIVERSITY.radius}); `combined-nodiv` the pure ranking\n\n"
+        f"## After the last round ({a.initial + a.rounds * a.per_round} labelled studies)\n\n"
+        f"(k/n): on how many of the n seeds the strategy beat `random` (fp_per_study: lower is better)\n\n"
+        f"{final}\n\n## Learning curves\n\n{curve}\n\n![learning curves]({stem.name}.png)\n")
+    plot(rows, a.strategies, a.rounds, stem.with_suffix(".png"))
+    print(f"wrote {stem}.{{json,md,png}} ({record['minutes']} min)")
+
+
+if __name__ == "__main__":
+    main()
