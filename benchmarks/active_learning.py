@@ -20,7 +20,7 @@ lesion overlaps it with IoU >= 0.1, 26-connected components) and false positives
 the classifier's ROC AUC on the test set's *true* lesions (so it measures the classifier, not the
 detector).
 
-    .venv/bin/python benchmarks/active_learning.py            # the recorded run (CPU, ~40 min on 2 cores)
+    .venv/bin/python benchmarks/active_learning.py            # the recorded run (CPU, 1 thread, ~35 min)
     .venv/bin/python benchmarks/active_learning.py --quick    # a smoke run (~2 min)
 
 Writes ``benchmarks/results/active_learning.{json,md,png}``.
@@ -278,7 +278,7 @@ def main() -> None:
     p.add_argument("--per-round", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--test", type=int, default=16, help="held-out test studies")
-    p.add_argument("--initial-epochs", type=int, default=20, help="round 0 (from scratch)")
+    p.add_argument("--initial-epochs", type=int, default=30, help="round 0 (from scratch)")
     p.add_argument("--epochs", type=int, default=8, help="every later round (warm start)")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--threads", type=int, default=1,
