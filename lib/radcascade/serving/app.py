@@ -12,6 +12,9 @@
 * ``infer_slots`` (default 1), ``infer_queue`` (default 8), ``infer_wait_s`` (default 120): inference
   admission (see :mod:`radcascade.serving.admission`): beyond the queue a request gets 429, after
   waiting too long 503, both with ``Retry-After``; ``/info`` stays responsive while networks run
+* ``al_diversity`` (default 0.5), ``al_diversity_radius`` (default 0.1): the ``combined`` strategy's
+  penalty for studies close to ones served recently (0 = pure ranking; see
+  :mod:`radcascade.active_learning`)
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 
+from radcascade.active_learning import DEFAULT_DIVERSITY, Diversity
 from radcascade.cascade import Cascade
 from radcascade.checkpoints import remove_stale_model_temporaries
 from radcascade.labels import LabelContract
@@ -150,8 +154,11 @@ class RadCascadeApp(MONAILabelApp):
 
     def init_strategies(self) -> Dict[str, Strategy]:
         # Slicer preselects the first: the blend of all uncertainties (random among unscored studies).
+        diversity = Diversity(float(self.conf.get("al_diversity", DEFAULT_DIVERSITY.penalty)),
+                              float(self.conf.get("al_diversity_radius", DEFAULT_DIVERSITY.radius)))
         return {
-            **{name: MostUncertain(name) for name in ("combined", "epistemic", "tta", "classifier")},
+            "combined": MostUncertain("combined", diversity=diversity),
+            **{name: MostUncertain(name) for name in ("epistemic", "tta", "classifier")},
             "random": RandomUnlabelled(),
             "first": First(),
         }
