@@ -38,3 +38,19 @@ def test_top_k_spreads_picks_over_the_k_most_uncertain(datastore):
     picks = {strategy({"strategy": "tta", "top_k": 2}, datastore)["id"] for _ in range(30)}
     assert picks == {"study_003", "study_004"}
     assert {strategy({"strategy": "tta", "top_k": 1}, datastore)["id"] for _ in range(10)} == {"study_004"}
+
+
+def test_diversity_steers_away_from_a_duplicate_of_a_recently_served_study(datastore):
+    from radcascade.active_learning import Diversity
+
+    hist = [0.0, 0.1, 0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]
+    def record(v, h):
+        return {"uncertainty": {"epistemic": v, "tta": v, "classifier": v, "histogram": h}}
+
+    datastore.update_image_info("study_000", {**record(0.9, hist),  # served a minute ago, labelled since
+                                              "strategy": {"combined": {"ts": int(time.time()) - 60, "client_id": "A"}}})
+    datastore.update_image_info("study_004", record(0.9, [h + 0.001 for h in hist]))  # its near-duplicate
+    datastore.update_image_info("study_003", record(0.2, [0.0, 0.0, 0.0, 0.1, 0.3, 0.5, 0.1, 0.0, 0.0]))
+    request = {"strategy": "combined", "client_id": "B"}
+    assert MostUncertain("combined")(request, datastore)["id"] == "study_004"
+    assert MostUncertain("combined", diversity=Diversity(penalty=1.0, radius=0.1))(request, datastore)["id"] == "study_003"
