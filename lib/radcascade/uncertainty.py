@@ -8,7 +8,8 @@
 
 Voxel figures are averaged **inside the organ region** (the predicted organ, dilated), so the large
 empty background does not drown the signal. A study where stage 1 finds no organ scores 1.0 (the
-maximum): the model clearly cannot handle it.
+maximum): the model clearly cannot handle it. Each score also carries the HU histogram inside the
+predicted organ: with the scores, the cheap descriptor the ``combined`` strategy's diversity uses.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ HISTOGRAM_EDGES_HU = (-50.0, 0.0, 25.0, 45.0, 60.0, 75.0, 100.0, 150.0)
 
 
 def organ_histogram(image_hu: torch.Tensor, organ_mask: torch.Tensor) -> tuple[float, ...]:
-    """Fractions of organ voxels in the bins of :data:`HISTOGRAM_EDGES_HU` (below the first, between, above the last)."""
+    """Fractions of organ voxels per bin of :data:`HISTOGRAM_EDGES_HU` (below, between, above the edges)."""
     values = image_hu[organ_mask].float()
     if values.numel() == 0:
         return ()
