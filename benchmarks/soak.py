@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import threading
@@ -121,8 +122,21 @@ def main() -> None:
                 record("train", t0, e)
             i += 1
 
+    def info_loop() -> None:
+        """What Slicer's status polling sees: /info latency while everything else runs."""
+        c = MONAILabelClient(server.url, tmpdir=str(work / "info"))
+        while time.time() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                c.info()
+                record("info", t0)
+            except (MONAILabelClientException, OSError) as e:
+                record("info", t0, e)
+            time.sleep(0.5)
+
     threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(a.clients)]
-    threads.append(threading.Thread(target=trainer_loop))
+    threads += [threading.Thread(target=trainer_loop), threading.Thread(target=info_loop)]
+    load_before = os.getloadavg()[0]
     t_start = time.time()
     for t in threads:
         t.start()
@@ -151,7 +165,8 @@ def main() -> None:
         lines.append(f"| {kind} | {len(vals)} | {np.percentile(vals, 50):.3f} | {np.percentile(vals, 95):.3f} |")
     table = "\n".join(lines)
     summary = (f"{a.clients} clients + 1 trainer for {elapsed / 60:.1f} min; errors by kind: {dict(errors) or 'none'}; "
-               f"trainings: {', '.join(trainings) or 'none'}; labels lost or corrupted: {lost}; model files loadable: yes")
+               f"trainings: {', '.join(trainings) or 'none'}; labels lost or corrupted: {lost}; model files loadable: yes; "
+               f"1-min load average before the run: {load_before:.1f} (other work on the machine if > 0.5)")
     print(table)
     print(summary)
     a.out.mkdir(parents=True, exist_ok=True)
