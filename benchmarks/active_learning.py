@@ -5,8 +5,8 @@ Per seed: generated studies (a pool + a few labelled to start with) and a fixed 
 and the classifier (deep features) on the starting studies. Then, for every strategy, each round
 picks ``--per-round`` studies from the pool, "annotates" them with the generator's ground truth,
 retrains every stage for a fixed number of **epochs** (warm-started from the strategy's previous
-round, as the app does; epochs rather than minutes because the machine is shared) and evaluates
-the cascade on the test set.
+round, as the app does; epochs rather than minutes because the machine is shared; no validation
+hold-out, see :func:`train_round`) and evaluates the cascade on the test set.
 
 Strategies: ``random``, ``first`` (the next in name order, as MONAI Label's ``First``),
 ``epistemic``, ``tta``, ``classifier``, ``combined`` -- the uncertainty ones score the pool with
@@ -65,6 +65,8 @@ LESION_SPACING = SPACING
 PATCH = (32, 32, 16)
 # A small UNet with dropout (MC dropout needs it); the app's defaults are (16, 32, 64, 128).
 SMALL_UNET = UNetSpec(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, dropout=0.1)
+# Lesions of one voxel (0.096 ml here) are noise, as the app's 0.02 ml is at its 2.5x2.5x4 mm.
+MIN_LESION_ML = 0.1
 TEST_SEED = 9100
 STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv")
 METRICS = ("organ_dice", "lesion_dice", "detection_recall", "fp_per_study", "classifier_auc")
@@ -112,13 +114,18 @@ def case(folder: Path, name: str) -> TrainingCase:
 def train_round(model_dir: Path, cases: list[TrainingCase], epochs: int, seed: int, contract: LabelContract) -> None:
     """Retrain organ, lesion (warm from ``model_dir`` when present) and classifier (deep features).
 
+    Unlike the app (20% of the studies held out, best validation epoch published), every labelled
+    study trains and the epoch with the lowest training loss is published: with 3-12 studies the
+    validation Dice of one or two studies is noise (a first run published an epoch-1 lesion model,
+    validation Dice 0.007 against 0.0 later, that painted thousands of specks).
+
     The augmentation streams are seeded from ``seed`` (MONAI's ``Compose`` takes its seed from
     ``set_determinism``), so two strategies that pick the same studies train the same models."""
     quiet = lambda msg: None  # noqa: E731
     set_determinism(seed)
     for stage, spacing in (("organ", ORGAN_SPACING), ("lesion", LESION_SPACING)):
         cfg = TrainConfig(stage=stage, max_epochs=epochs, seed=seed, spec=SMALL_UNET, spacing=spacing,
-                          patch_size=PATCH, samples_per_volume=4, amp=False)
+                          patch_size=PATCH, samples_per_volume=4, amp=False, val_fraction=0.0)
         Trainer(cfg, contract, model_dir / f"{stage}.pt", device=torch.device("cpu"), progress=quiet).fit(cases)
     try:
         train_classifier_from_cases(cases, contract, ClassifierConfig(mode="features", seed=seed), PatchConfig(),
@@ -130,7 +137,7 @@ def train_round(model_dir: Path, cases: list[TrainingCase], epochs: int, seed: i
 def cascade_of(model_dir: Path, contract: LabelContract) -> Cascade:
     clf = model_dir / "classifier.pt"
     return Cascade(contract, model_dir / "organ.pt", model_dir / "lesion.pt", torch.device("cpu"), amp=False,
-                   classifier_model=clf if clf.exists() else None)
+                   classifier_model=clf if clf.exists() else None, min_lesion_ml=MIN_LESION_ML)
 
 
 def evaluate(cascade: Cascade, test: TestSet) -> Evaluation:
@@ -311,7 +318,7 @@ def main() -> None:
             "initial": a.initial, "pool": a.pool, "per_round": a.per_round, "rounds": a.rounds,
             "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
             "epochs": a.epochs, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
-            "lesion_spacing_mm": LESION_SPACING, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
+            "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
             "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(DEFAULT_DIVERSITY)}
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / ("active_learning-quick" if a.quick else "active_learning")
@@ -323,6 +330,8 @@ def main() -> None:
         f"- date: {record['date']}\n"
         f"- studies: generated, {SHAPE} voxels at {SPACING} mm; organ UNet at {ORGAN_SPACING} mm, lesion UNet at "
         f"{LESION_SPACING} mm, both {SMALL_UNET.channels} channels, dropout {SMALL_UNET.dropout}, patches {PATCH}\n"
+        f"- lesions under {MIN_LESION_ML} ml (one voxel) are dropped; no validation hold-out: every labelled study "
+        f"trains, the epoch with the lowest training loss is published\n"
         f"- loop: {a.initial} labelled to start, a pool of {a.pool}, {a.per_round} picked per round, {a.rounds} rounds; "
         f"round 0 trains {a.initial_epochs} epochs from scratch, later rounds {a.epochs} epochs warm-started; "
         f"classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"

@@ -16,6 +16,9 @@ def test_split_is_by_study_and_deterministic(tiny_studies):
     train, val = split_cases(cases, 0.2, seed=0)
     assert len(val) == 2 and not {c.name for c in train} & {c.name for c in val}
     assert split_cases(cases, 0.2, seed=0) == (train, val)
+    assert len(split_cases(cases[:3], 0.2, seed=0)[1]) == 1
+    everything, none = split_cases(cases[:3], 0.0, seed=0)  # no hold-out asked for: none
+    assert sorted(c.name for c in everything) == ["s0", "s1", "s2"] and none == []
 
 
 def test_prepared_targets_follow_label_names_not_values(tiny_studies, tmp_path):

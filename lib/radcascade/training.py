@@ -142,11 +142,12 @@ def prepare_case(case: TrainingCase, cfg: TrainConfig, contract: LabelContract) 
 
 
 def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Hold out whole studies for validation (at least one when there are 3 or more)."""
+    """Hold out whole studies for validation (at least one when there are 3 or more, none when
+    ``val_fraction`` is 0: then the epoch with the lowest training loss is published)."""
     cases = sorted(cases, key=lambda c: c.name)
     order = np.random.default_rng(seed).permutation(len(cases))
     n_val = int(round(val_fraction * len(cases)))
-    if len(cases) >= 3:
+    if len(cases) >= 3 and val_fraction > 0:
         n_val = max(1, n_val)
     n_val = min(n_val, len(cases) - 1)
     val = [cases[i] for i in order[:n_val]]
