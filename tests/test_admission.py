@@ -25,15 +25,20 @@ def _hold(gate: Admission, release: threading.Event, entered: threading.Event, e
         errors.append(e)
 
 
+def _occupy(gate: Admission, release: threading.Event, errors: list) -> tuple[threading.Thread, threading.Event]:
+    """A thread that takes (or waits for) a slot and holds it until ``release``."""
+    entered = threading.Event()
+    thread = threading.Thread(target=_hold, args=(gate, release, entered, errors))
+    thread.start()
+    return thread, entered
+
+
 def test_admission_runs_queues_then_refuses_with_retry_after():
     gate = Admission(AdmissionPolicy(slots=1, queue=1, wait_s=10))
-    release, entered, errors = threading.Event(), threading.Event(), []
-    running = threading.Thread(target=_hold, args=(gate, release, entered, errors))
-    running.start()
+    release, errors = threading.Event(), []
+    running, entered = _occupy(gate, release, errors)
     assert entered.wait(5)
-    queued_entered = threading.Event()
-    queued = threading.Thread(target=_hold, args=(gate, release, queued_entered, errors))
-    queued.start()
+    queued, queued_entered = _occupy(gate, release, errors)
     deadline = time.time() + 5
     while gate.stats().waiting < 1 and time.time() < deadline:
         time.sleep(0.01)
@@ -54,9 +59,8 @@ def test_admission_runs_queues_then_refuses_with_retry_after():
 
 def test_admission_gives_503_after_waiting_too_long():
     gate = Admission(AdmissionPolicy(slots=1, queue=4, wait_s=0.3))
-    release, entered, errors = threading.Event(), threading.Event(), []
-    holder = threading.Thread(target=_hold, args=(gate, release, entered, errors))
-    holder.start()
+    release, errors = threading.Event(), []
+    holder, entered = _occupy(gate, release, errors)
     assert entered.wait(5)
     t0 = time.perf_counter()
     with pytest.raises(HTTPException) as late:
