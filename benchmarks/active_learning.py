@@ -69,6 +69,7 @@ SMALL_UNET = UNetSpec(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, dro
 MIN_LESION_ML = 0.1
 TEST_SEED = 9100
 STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv")
+PICKED = "picked_with_lesions"  # pool studies with >= 1 lesion among those labelled so far
 METRICS = ("organ_dice", "lesion_dice", "detection_recall", "fp_per_study", "classifier_auc")
 
 
@@ -97,14 +98,24 @@ class Row:
     round: int
     labelled: int
     picked: list[str]
+    picked_with_lesions: int  # cumulative: labelled pool studies that hold at least one lesion
     train_s: float
     score_s: float
     metrics: Evaluation
 
 
-def make_studies(folder: Path, n: int, seed: int, prefix: str) -> list[Study]:
+def make_studies(folder: Path, n: int, seed: int, prefix: str, lesion_free: frozenset[int] = frozenset()) -> list[Study]:
     """``n`` studies with their labels written (the simulated annotator's ground truth)."""
-    return generate_datastore(folder, n, 0, seed=seed, shape=SHAPE, spacing=SPACING, prefix=prefix)
+    return generate_datastore(folder, n, 0, seed=seed, shape=SHAPE, spacing=SPACING, prefix=prefix,
+                              lesion_free=lesion_free)
+
+
+def screening_indices(seed: int, initial: int, pool: int, fraction: float) -> frozenset[int]:
+    """Which pool studies are generated without lesions (``fraction`` of the pool, chosen by ``seed``);
+    the starting studies keep theirs (a project starts from a few known positive cases)."""
+    count = int(round(fraction * pool))
+    chosen = np.random.default_rng(seed).choice(pool, size=count, replace=False)
+    return frozenset(int(initial + i) for i in chosen)
 
 
 def case(folder: Path, name: str) -> TrainingCase:
@@ -178,8 +189,10 @@ def select(strategy: str, remaining: list[str], n: int, rng: random.Random,
 
 def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -> list[Row]:
     folder = work / f"seed{seed}"
-    studies = make_studies(folder, a.initial + a.pool, 100 + seed, f"s{seed}")
+    lesion_free = screening_indices(seed, a.initial, a.pool, a.lesion_free_pool)
+    studies = make_studies(folder, a.initial + a.pool, 100 + seed, f"s{seed}", lesion_free)
     names = [s.name for s in studies]
+    has_lesion = {s.name: bool((s.label >= 2).any()) for s in studies}
     initial, pool = names[:a.initial], names[a.initial:]
     volumes = {name: load_volume(folder / f"{name}.nii.gz") for name in pool}
     t = time.time()
@@ -187,8 +200,9 @@ def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -
     train_round(base, [case(folder, n) for n in initial], a.initial_epochs, 1000 * seed, contract)
     train_s = time.time() - t
     cascade = cascade_of(base, contract)
-    rows = [Row(seed, s, 0, len(initial), [], train_s, 0.0, evaluate(cascade, test)) for s in a.strategies]
-    print(f"seed {seed} round 0: {len(initial)} labelled, {rows[0].metrics} ({train_s:.0f}s)", flush=True)
+    rows = [Row(seed, s, 0, len(initial), [], 0, train_s, 0.0, evaluate(cascade, test)) for s in a.strategies]
+    print(f"seed {seed} round 0: {len(initial)} labelled, {rows[0].metrics} ({train_s:.0f}s); "
+          f"pool: {sum(has_lesion[n] for n in pool)} of {len(pool)} studies with lesions", flush=True)
     t = time.time()
     round0_scores = score_pool(cascade, volumes, pool) if any(s not in ("random", "first") for s in a.strategies) else None
     round0_score_s = time.time() - t
@@ -212,9 +226,10 @@ def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -
             t = time.time()
             train_round(model_dir, [case(folder, n) for n in labelled], a.epochs, 1000 * seed + r, contract)
             train_s = time.time() - t
-            row = Row(seed, strategy, r, len(labelled), picked, train_s, score_s, evaluate(cascade, test))
+            found = sum(has_lesion[n] for n in labelled[len(initial):])
+            row = Row(seed, strategy, r, len(labelled), picked, found, train_s, score_s, evaluate(cascade, test))
             rows.append(row)
-            print(f"seed {seed} {strategy:<14} round {r}: +{picked} -> {row.metrics} "
+            print(f"seed {seed} {strategy:<14} round {r}: +{picked} ({found} with lesions) -> {row.metrics} "
                   f"(score {score_s:.0f}s, train {train_s:.0f}s)", flush=True)
     return rows
 
@@ -225,13 +240,17 @@ def summarise(rows: list[Row], strategies, rounds: int) -> tuple[str, str]:
     seeds = sorted({r.seed for r in rows})
 
     def values(strategy, rnd, metric):
-        return [getattr(by[(strategy, rnd, s)].metrics, metric) for s in seeds if (strategy, rnd, s) in by]
+        rows_ = [by[(strategy, rnd, s)] for s in seeds if (strategy, rnd, s) in by]
+        if metric == PICKED:
+            return [r.picked_with_lesions for r in rows_]
+        return [getattr(r.metrics, metric) for r in rows_]
 
-    head = "| strategy | " + " | ".join(METRICS) + " |"
-    lines = [head, "|---|" + "---|" * len(METRICS)]
+    columns = (PICKED, *METRICS)
+    head = "| strategy | " + " | ".join(columns) + " |"
+    lines = [head, "|---|" + "---|" * len(columns)]
     for strategy in strategies:
         cells = []
-        for m in METRICS:
+        for m in columns:
             cell = mean_std(values(strategy, rounds, m))
             if strategy != "random":
                 pairs = [(x, y) for x, y in zip(values(strategy, rounds, m), values("random", rounds, m))
@@ -244,7 +263,7 @@ def summarise(rows: list[Row], strategies, rounds: int) -> tuple[str, str]:
     curve = ["| strategy | metric | " + " | ".join(f"round {r}" for r in range(rounds + 1)) + " |",
              "|---|---|" + "---|" * (rounds + 1)]
     for strategy in strategies:
-        for m in ("organ_dice", "lesion_dice", "detection_recall", "classifier_auc"):
+        for m in (PICKED, "organ_dice", "lesion_dice", "detection_recall", "classifier_auc"):
             curve.append(f"| {strategy} | {m} | " + " | ".join(mean_std(values(strategy, r, m)) for r in range(rounds + 1)) + " |")
     return final, "\n".join(curve)
 
@@ -277,6 +296,13 @@ def plot(rows: list[Row], strategies, rounds: int, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def pool_text(fraction: float) -> str:
+    if not fraction:
+        return "every study draws 0-5 lesions (about 1 in 6 has none)"
+    return (f"a screening worklist: {fraction:.0%} of the pool is generated without lesions (same anatomy), the "
+            f"rest draws 0-5; the starting studies draw 0-5; `{PICKED}` counts the picked studies that hold a lesion")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -291,6 +317,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: these small networks gain little from more, and on a shared "
                         "machine oversubscribed OpenMP threads are 10-20x slower)")
+    p.add_argument("--lesion-free-pool", type=float, default=0.0,
+                   help="share of the pool generated without lesions (a screening worklist); 0: every study "
+                        "draws 0-5 lesions")
     p.add_argument("--quick", action="store_true", help="smoke run")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
@@ -313,15 +342,15 @@ def main() -> None:
 
     final, curve = summarise(rows, a.strategies, a.rounds)
     print(final)
-    cmd = "nice -n 10 flock /tmp/radcascade-cpu.lock .venv/bin/python " + " ".join(["benchmarks/active_learning.py", *sys.argv[1:]])
+    cmd = "nice -n 10 .venv/bin/python " + " ".join(["benchmarks/active_learning.py", *sys.argv[1:]])
     record = {**meta(cmd), "minutes": round((time.time() - t0) / 60, 1), "seeds": a.seeds,
             "initial": a.initial, "pool": a.pool, "per_round": a.per_round, "rounds": a.rounds,
             "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
-            "epochs": a.epochs, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
+            "epochs": a.epochs, "lesion_free_pool": a.lesion_free_pool, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
             "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
             "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(DEFAULT_DIVERSITY)}
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / ("active_learning-quick" if a.quick else "active_learning")
+    stem = a.out / ("active_learning" + ("-screening" if a.lesion_free_pool else "") + ("-quick" if a.quick else ""))
     stem.with_suffix(".json").write_text(json.dumps({**record, "rows": [
         {**{k: v for k, v in asdict(r).items() if k != "metrics"}, **asdict(r.metrics)} for r in rows]}, indent=1))
     stem.with_suffix(".md").write_text(
@@ -335,6 +364,7 @@ def main() -> None:
         f"- loop: {a.initial} labelled to start, a pool of {a.pool}, {a.per_round} picked per round, {a.rounds} rounds; "
         f"round 0 trains {a.initial_epochs} epochs from scratch, later rounds {a.epochs} epochs warm-started; "
         f"classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"
+        f"- pool: {pool_text(a.lesion_free_pool)}\n"
         f"- test set: {a.test} generated studies (seed {TEST_SEED}), {len(test.lesions)} lesions\n"
         f"- `combined` uses the app's default diversity (penalty {DEFAULT_DIVERSITY.penalty}, radius {DEFAULT_DIVERSITY.radius}); `combined-nodiv` the pure ranking\n\n"
         f"## After the last round ({a.initial + a.rounds * a.per_round} labelled studies)\n\n"

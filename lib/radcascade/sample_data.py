@@ -249,15 +249,19 @@ def generate_datastore(
     spacing=DEFAULT_SPACING,
     prefix: str = "study",
     contract: LabelContract | None = None,
+    lesion_free: frozenset[int] = frozenset(),
 ) -> list[Study]:
-    """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest."""
+    """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
+
+    Studies whose index is in ``lesion_free`` get the same anatomy as they would otherwise, without
+    lesions (a screening worklist is mostly normal studies)."""
     contract = contract or LabelContract()
     out = Path(out)
     (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).generate_state(labelled + unlabelled)
     studies, manifest = [], {}
     for i, s in enumerate(seeds):
-        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing)
+        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else 5)
         write_study(study, out, with_label=i < labelled, contract=contract)
         manifest[study.name] = {
             "labelled": i < labelled,
