@@ -582,6 +582,8 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="only evaluate and report the run kept in --work")
     p.add_argument("--reference-row", action="store_true",
                    help="also measure our app with the committed starting weights (context, not equal budget)")
+    p.add_argument("--name", default="stock_comparison",
+                   help="results file stem in --out (keep runs with different budgets side by side)")
     p.add_argument("--shared-note", default="", help="a line for the .md, e.g. that the machine was shared")
     a = p.parse_args()
 
@@ -640,7 +642,7 @@ def main() -> None:
         state.write_bytes(pickle.dumps((stock_train, ours_train, stock_inf, ours_inf, run_wall, loads)))
 
     rendered_with = None
-    previous = a.out / "stock_comparison.json"
+    previous = a.out / f"{a.name}.json"
     if a.resume and previous.exists():  # keep the measured run's command; say how the report was re-made
         rendered_with, command = command, json.loads(previous.read_text())["command"]
     reference = None
@@ -695,7 +697,7 @@ def main() -> None:
     print(table)
     print(stages)
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / "stock_comparison"
+    stem = a.out / a.name
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
     plot(res, stem.with_suffix(".png"))
     stem.with_suffix(".md").write_text(markdown(res, a, table, stages))
@@ -815,7 +817,7 @@ its held-out validation studies) -- the test-set figures above are the comparabl
 {tgt}
 - GPU targets (<= 1 s for a 512x512x200 CT, GPU utilisation while training): not measured, no GPU in this session.
 
-Plot: `stock_comparison.png`. Raw figures (per study, training curves): `stock_comparison.json`.
+Plot: `{a.name}.png`. Raw figures (per study, training curves): `{a.name}.json`.
 """
 
 

@@ -37,6 +37,19 @@ def test_datastore_layout_and_label_values(tmp_path):
     assert digest(tmp_path / images[1]) == digest(again / images[1])
 
 
+def test_lesion_free_studies_keep_their_anatomy(tmp_path):
+    """A screening worklist: chosen studies have no lesion, the same organ, and the others are unchanged."""
+    plain = generate_datastore(tmp_path / "plain", 3, 0, seed=11, shape=SHAPE, spacing=SPACING)
+    screen = generate_datastore(tmp_path / "screen", 3, 0, seed=11, shape=SHAPE, spacing=SPACING,
+                                lesion_free=frozenset({1}))
+    assert (plain[1].label >= 2).any()  # this seed draws lesions for study 1
+    assert not (screen[1].label >= 2).any() and not screen[1].lesions
+    np.testing.assert_array_equal(screen[1].label >= 1, plain[1].label >= 1)  # the same organ
+    for i in (0, 2):
+        np.testing.assert_array_equal(screen[i].label, plain[i].label)
+        np.testing.assert_array_equal(screen[i].image, plain[i].image)
+
+
 def _lesion_features(n_studies=24):
     """Per lesion: class, mean HU, HU std inside, rim-minus-core HU, compactness."""
     rows = []
