@@ -53,6 +53,15 @@ def test_unscored_rank_last_and_top_k_spreads():
     assert pick([], rng) is None
 
 
+def test_equal_values_are_ordered_at_random_not_by_name():
+    """Ties (e.g. no lesion detected anywhere: classifier uncertainty 0) must not degenerate into `first`."""
+    cands = [Candidate("best", 0.9)] + [Candidate(f"zero{i}", 0.0) for i in range(6)]
+    orders = {tuple(c.id for c in rank(cands, random.Random(seed))) for seed in range(20)}
+    assert all(order[0] == "best" for order in orders)
+    assert len({order[1] for order in orders}) > 2  # not always zero0
+    assert rank(cands, random.Random(3)) == rank(list(reversed(cands)), random.Random(3))  # input order is irrelevant
+
+
 def test_score_values_and_descriptor():
     r = {"epistemic": 0.2, "tta": 0.4, "classifier": 0.8}
     assert score_value(r, "tta") == 0.4

@@ -2,7 +2,8 @@
 
 A study's *value* is one stored uncertainty (``epistemic``, ``tta``, ``classifier``) or
 ``combined``, their weighted mean (:data:`DEFAULT_WEIGHTS`). Studies are ranked by value, highest
-first; studies never scored come after the scored ones, in random order.
+first, equal values in random order; studies never scored come after the scored ones, in random
+order.
 
 **Diversity** (optional, :class:`Diversity`): near-identical studies should not be handed out one
 after another. Each scored study has a cheap *descriptor* (:func:`descriptor`): the intensity
@@ -89,9 +90,11 @@ def rank(candidates: Sequence[Candidate], rng: random.Random, diversity: Diversi
     ``limit`` stops the (greedy) ranking after that many; ``references`` are descriptors of studies
     served recently. Deterministic for a given ``rng`` state.
     """
-    scored = sorted((c for c in candidates if c.value is not None), key=lambda c: (-c.value, c.id))
-    unscored = sorted((c for c in candidates if c.value is None), key=lambda c: c.id)
-    rng.shuffle(unscored)
+    # Equal values (e.g. classifier uncertainty 0 for every study without a detected lesion) are
+    # ordered at random, not by name: otherwise such a strategy quietly degenerates into `first`.
+    draw = {c.id: rng.random() for c in sorted(candidates, key=lambda c: c.id)}
+    scored = sorted((c for c in candidates if c.value is not None), key=lambda c: (-c.value, draw[c.id]))
+    unscored = sorted((c for c in candidates if c.value is None), key=lambda c: draw[c.id])
     limit = len(candidates) if limit is None else min(limit, len(candidates))
     if diversity is None or not diversity.enabled:
         return (scored + unscored)[:limit]
