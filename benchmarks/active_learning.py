@@ -12,7 +12,8 @@ Strategies: ``random``, ``first`` (the next in name order, as MONAI Label's ``Fi
 ``epistemic``, ``tta``, ``classifier``, ``combined`` -- the uncertainty ones score the pool with
 :class:`radcascade.uncertainty.CascadeUncertainty` and rank it with
 :func:`radcascade.active_learning.rank`, the code the server's strategies run; ``combined`` with
-the app's default diversity penalty, ``combined-nodiv`` without it.
+a diversity penalty (0.5, the app's default until 2026-11-23), ``combined-nodiv`` without it (the
+app's default now).
 
 Metrics on the test set: organ Dice (mean over studies), lesion Dice (pooled over the test set:
 many studies have no lesion), lesion detection recall (a true lesion is detected when a predicted
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
-from radcascade.active_learning import DEFAULT_DIVERSITY, Candidate, Diversity, descriptor, rank, score_value
+from radcascade.active_learning import BENCHMARKED_DIVERSITY, Candidate, Diversity, descriptor, rank, score_value
 from radcascade.cascade import Cascade
 from radcascade.classifier import ClassifierConfig, LesionSample, lesion_samples
 from radcascade.classifier_training import train_classifier_from_cases
@@ -206,7 +207,7 @@ def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -
     t = time.time()
     round0_scores = score_pool(cascade, volumes, pool) if any(s not in ("random", "first") for s in a.strategies) else None
     round0_score_s = time.time() - t
-    diversity = DEFAULT_DIVERSITY
+    diversity = BENCHMARKED_DIVERSITY
 
     for strategy in a.strategies:
         model_dir = work / f"seed{seed}-{strategy}"
@@ -348,7 +349,7 @@ def main() -> None:
             "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
             "epochs": a.epochs, "lesion_free_pool": a.lesion_free_pool, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
             "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
-            "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(DEFAULT_DIVERSITY)}
+            "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(BENCHMARKED_DIVERSITY)}
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / ("active_learning" + ("-screening" if a.lesion_free_pool else "") + ("-quick" if a.quick else ""))
     stem.with_suffix(".json").write_text(json.dumps({**record, "rows": [
@@ -366,7 +367,8 @@ def main() -> None:
         f"classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"
         f"- pool: {pool_text(a.lesion_free_pool)}\n"
         f"- test set: {a.test} generated studies (seed {TEST_SEED}), {len(test.lesions)} lesions\n"
-        f"- `combined` uses the app's default diversity (penalty {DEFAULT_DIVERSITY.penalty}, radius {DEFAULT_DIVERSITY.radius}); `combined-nodiv` the pure ranking\n\n"
+        f"- `combined` uses a diversity penalty {BENCHMARKED_DIVERSITY.penalty}, radius {BENCHMARKED_DIVERSITY.radius} "
+        f"(the app's default until 2026-11-23); `combined-nodiv` the pure ranking (the app's default now)\n\n"
         f"## After the last round ({a.initial + a.rounds * a.per_round} labelled studies)\n\n"
         f"(k/n): on how many of the n seeds the strategy beat `random` (fp_per_study: lower is better)\n\n"
         f"{final}\n\n## Learning curves\n\n{curve}\n\n![learning curves]({stem.name}.png)\n")

@@ -46,8 +46,12 @@ class Diversity:
         return self.penalty > 0
 
 
-# What the server's ``combined`` strategy uses unless configured otherwise (``--conf al_diversity``).
-DEFAULT_DIVERSITY = Diversity(penalty=0.5, radius=0.1)
+# What the server's ``combined`` strategy uses unless configured otherwise (``--conf al_diversity``):
+# off. A penalty of 0.5 (radius 0.1) was the default until two simulated annotation loops
+# (benchmarks/results/active_learning*.md) showed it no better, if anything worse, than none.
+DEFAULT_DIVERSITY = Diversity(penalty=0.0, radius=0.1)
+# The setting those benchmarks call ``combined`` (``combined-nodiv`` is the default above).
+BENCHMARKED_DIVERSITY = Diversity(penalty=0.5, radius=0.1)
 
 
 @dataclass

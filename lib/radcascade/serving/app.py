@@ -12,8 +12,8 @@
 * ``infer_slots`` (default 1), ``infer_queue`` (default 8), ``infer_wait_s`` (default 120): inference
   admission (see :mod:`radcascade.serving.admission`): beyond the queue a request gets 429, after
   waiting too long 503, both with ``Retry-After``; ``/info`` stays responsive while networks run
-* ``al_diversity`` (default 0.5), ``al_diversity_radius`` (default 0.1): the ``combined`` strategy's
-  penalty for studies close to ones served recently (0 = pure ranking; see
+* ``al_diversity`` (default 0: off), ``al_diversity_radius`` (default 0.1): the ``combined`` strategy's
+  penalty for studies close to ones served recently (0 = pure ranking, e.g. 0.5 to turn it on; see
   :mod:`radcascade.active_learning`)
 """
 
