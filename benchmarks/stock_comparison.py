@@ -109,6 +109,33 @@ def make_data(root: Path, n_train: int, n_sample: int, n_ct: int, sample_size=SA
     return {"train": root / "train", "tests": tests, "warmup": root / "warmup" / "warmup_000.nii.gz"}
 
 
+def infer_both(a, work: Path, tests, warmup: Path, stock_app: Path, our_models: Path) -> tuple[dict, dict]:
+    """Both trained apps, each in a fresh server, measured on ``tests`` with the same client."""
+    log("inference: stock")
+    stock_test = work / "stock-test"
+    shutil.rmtree(stock_test, ignore_errors=True)  # a re-measurement on another test set starts clean
+    server = localserver.start_server(images_only(tests, stock_test, warmup), work / "stock-infer.log",
+                                      stock_conf(), app_dir=stock_app)
+    try:
+        stock_inf = measure_server(server, "segmentation", tests, work / "stock-out", a.stock_repeats,
+                                   {"sample": a.stock_cap, "ct": a.stock_cap_ct})
+    finally:
+        server.stop()
+    log("inference: ours")
+    ours_work = work / "ours-infer"
+    shutil.rmtree(ours_work, ignore_errors=True)
+    shutil.rmtree(work / "ours-test", ignore_errors=True)
+    ours_work.mkdir()
+    server = localserver.start_server(images_only(tests, work / "ours-test", warmup), work / "ours-infer.log",
+                                      {"model_dir": str(install_weights(ours_work / "model", our_models)),
+                                       "device": "cpu"})
+    try:
+        ours_inf = measure_server(server, "cascade", tests, work / "ours-out", a.repeats)
+    finally:
+        server.stop()
+    return stock_inf, ours_inf
+
+
 def images_only(tests, dest: Path, warmup: Path) -> Path:
     """A studies folder holding the test images only (no labels: nothing to leak to the servers)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -580,6 +607,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--resume", action="store_true", help="only evaluate and report the run kept in --work")
+    p.add_argument("--reinfer", action="store_true",
+                   help="keep the trained models of the run in --work, measure both apps again on the test set "
+                        "asked for now (e.g. more test studies)")
     p.add_argument("--reference-row", action="store_true",
                    help="also measure our app with the committed starting weights (context, not equal budget)")
     p.add_argument("--name", default="stock_comparison",
@@ -602,6 +632,13 @@ def main() -> None:
     state = work / "state.pkl"
     if a.resume and state.exists():  # re-evaluate / re-report a finished run (its labels are in --work)
         stock_train, ours_train, stock_inf, ours_inf, run_wall, loads = pickle.loads(state.read_bytes())
+    elif a.reinfer and state.exists():  # the trained models of a kept run, measured on the current test set
+        stock_train, ours_train, _, _, train_wall, _ = pickle.loads(state.read_bytes())
+        t_run, load_start = time.time(), os.getloadavg()
+        stock_inf, ours_inf = infer_both(a, work, tests, data["warmup"], work / "stock-radiology", work / "our-model")
+        run_wall = round(train_wall + time.time() - t_run, 1)  # the kept run's training + this measurement
+        loads = {"start": load_start, "end": os.getloadavg()}
+        state.write_bytes(pickle.dumps((stock_train, ours_train, stock_inf, ours_inf, run_wall, loads)))
     else:
         # The stock app, unmodified, in a scratch copy (its model/ and logs are written beside it).
         stock_app = work / "stock-radiology"
@@ -618,32 +655,13 @@ def main() -> None:
                                 a.organ_share, a.classifier)
         log(f"ours: organ {ours_train['organ']['epochs_done']} epochs, lesion {ours_train['lesion']['epochs_done']} epochs, "
             f"{ours_train['wall_s']} s")
-
-        log("inference: stock")
-        server = localserver.start_server(images_only(tests, work / "stock-test", data["warmup"]), work / "stock-infer.log",
-                                          stock_conf(), app_dir=stock_app)
-        try:
-            stock_inf = measure_server(server, "segmentation", tests, work / "stock-out", a.stock_repeats,
-                                       {"sample": a.stock_cap, "ct": a.stock_cap_ct})
-        finally:
-            server.stop()
-        log("inference: ours")
-        ours_work = work / "ours-infer"
-        ours_work.mkdir(exist_ok=True)
-        server = localserver.start_server(images_only(tests, work / "ours-test", data["warmup"]), work / "ours-infer.log",
-                                          {"model_dir": str(install_weights(ours_work / "model", our_models)),
-                                           "device": "cpu"})
-        try:
-            ours_inf = measure_server(server, "cascade", tests, work / "ours-out", a.repeats)
-        finally:
-            server.stop()
-
+        stock_inf, ours_inf = infer_both(a, work, tests, data["warmup"], stock_app, our_models)
         run_wall, loads = round(time.time() - t_run, 1), {"start": load_start, "end": os.getloadavg()}
         state.write_bytes(pickle.dumps((stock_train, ours_train, stock_inf, ours_inf, run_wall, loads)))
 
     rendered_with = None
     previous = a.out / f"{a.name}.json"
-    if a.resume and previous.exists():  # keep the measured run's command; say how the report was re-made
+    if (a.resume or a.reinfer) and previous.exists():  # keep the training run's command; say how this was made
         rendered_with, command = command, json.loads(previous.read_text())["command"]
     reference = None
     if a.reference_row:
@@ -749,7 +767,9 @@ def markdown(res: dict, a, table: str, stages: str) -> str:
         for k, v in res["targets"].items())
     sec = lambda v: "not reached" if v is None else f"{v / 60:.1f} min"  # noqa: E731
     note = f"\n- **{a.shared_note}**" if a.shared_note else ""
-    rendered = (f" (run under `flock /tmp/radcascade-cpu.lock`); this report re-rendered from the kept run with "
+    how = ("its trained models measured again on the test set below with" if "--reinfer" in
+           (res.get("report_rendered_with") or "") else "this report re-rendered from the kept run with")
+    rendered = (f"; {how} "
                 f"`{res['report_rendered_with']}`" if res.get("report_rendered_with") else "")
     skipped = (f" (not measured on the stock app: {', '.join(res['stock']['infer']['skipped'])})"
                if res["stock"]["infer"].get("skipped") else "")
