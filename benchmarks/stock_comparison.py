@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 from benchlib import CT_SIZE, RESULTS, SAMPLE_SIZE, decode_result, install_weights, meta
@@ -109,6 +110,10 @@ def make_data(root: Path, n_train: int, n_sample: int, n_ct: int, sample_size=SA
     return {"train": root / "train", "tests": tests, "warmup": root / "warmup" / "warmup_000.nii.gz"}
 
 
+# Our server uses the GPU when there is one, like the stock app (which picks CUDA by itself).
+SERVE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def infer_both(a, work: Path, tests, warmup: Path, stock_app: Path, our_models: Path) -> tuple[dict, dict]:
     """Both trained apps, each in a fresh server, measured on ``tests`` with the same client."""
     log("inference: stock")
@@ -128,7 +133,7 @@ def infer_both(a, work: Path, tests, warmup: Path, stock_app: Path, our_models: 
     ours_work.mkdir()
     server = localserver.start_server(images_only(tests, work / "ours-test", warmup), work / "ours-infer.log",
                                       {"model_dir": str(install_weights(ours_work / "model", our_models)),
-                                       "device": "cpu"})
+                                       "device": SERVE_DEVICE})
     try:
         ours_inf = measure_server(server, "cascade", tests, work / "ours-out", a.repeats)
     finally:
@@ -672,7 +677,7 @@ def main() -> None:
         ref_work.mkdir(exist_ok=True)
         server = localserver.start_server(images_only(tests, ref_work / "studies", data["warmup"]),
                                           ref_work / "server.log",
-                                          {"model_dir": str(install_weights(ref_work / "model")), "device": "cpu"})
+                                          {"model_dir": str(install_weights(ref_work / "model")), "device": SERVE_DEVICE})
         try:
             reference = measure_server(server, "cascade", tests, ref_work / "out", a.repeats)
         finally:
