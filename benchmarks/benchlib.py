@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -83,3 +85,51 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+class GpuMonitor:
+    """GPU utilisation and memory, sampled with ``nvidia-smi`` every ``interval_s`` inside a ``with``.
+
+    Where there is no ``nvidia-smi`` (a CPU machine) it samples nothing and :meth:`summary` is None.
+    Utilisation is the driver's "percent of time a kernel ran" of GPU 0, memory the device's used MiB
+    (all processes: both servers run one at a time here)."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "--id=0"]
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuMonitor":
+        if shutil.which("nvidia-smi"):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10).stdout
+                self.samples.append(parse_gpu_sample(out))
+            except (OSError, subprocess.SubprocessError, ValueError):
+                continue
+
+    def summary(self) -> dict | None:
+        if not self.samples:
+            return None
+        util = [u for u, _ in self.samples]
+        return {"samples": len(util), "util_mean_pct": round(statistics.fmean(util), 1),
+                "util_median_pct": statistics.median(util), "memory_max_mib": max(m for _, m in self.samples)}
+
+
+def parse_gpu_sample(text: str) -> tuple[float, float]:
+    """``"87, 10240"`` (nvidia-smi's csv without header/units) -> (utilisation %, memory MiB)."""
+    util, memory = (float(x) for x in text.strip().splitlines()[0].split(","))
+    return util, memory

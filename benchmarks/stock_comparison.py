@@ -44,7 +44,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from benchlib import CT_SIZE, RESULTS, SAMPLE_SIZE, decode_result, install_weights, meta
+from benchlib import CT_SIZE, RESULTS, SAMPLE_SIZE, GpuMonitor, decode_result, install_weights, meta
 from radcascade import localserver
 from radcascade.evaluation import classification_metrics, dice
 from radcascade.labels import FIRST_LESION_VALUE, LabelContract
@@ -122,8 +122,10 @@ def infer_both(a, work: Path, tests, warmup: Path, stock_app: Path, our_models: 
     server = localserver.start_server(images_only(tests, stock_test, warmup), work / "stock-infer.log",
                                       stock_conf(), app_dir=stock_app)
     try:
-        stock_inf = measure_server(server, "segmentation", tests, work / "stock-out", a.stock_repeats,
-                                   {"sample": a.stock_cap, "ct": a.stock_cap_ct})
+        with GpuMonitor() as gpu:
+            stock_inf = measure_server(server, "segmentation", tests, work / "stock-out", a.stock_repeats,
+                                       {"sample": a.stock_cap, "ct": a.stock_cap_ct})
+        stock_inf["gpu"] = gpu.summary()
     finally:
         server.stop()
     log("inference: ours")
@@ -135,7 +137,9 @@ def infer_both(a, work: Path, tests, warmup: Path, stock_app: Path, our_models: 
                                       {"model_dir": str(install_weights(ours_work / "model", our_models)),
                                        "device": SERVE_DEVICE})
     try:
-        ours_inf = measure_server(server, "cascade", tests, work / "ours-out", a.repeats)
+        with GpuMonitor() as gpu:
+            ours_inf = measure_server(server, "cascade", tests, work / "ours-out", a.repeats)
+        ours_inf["gpu"] = gpu.summary()
     finally:
         server.stop()
     return stock_inf, ours_inf
@@ -652,12 +656,16 @@ def main() -> None:
         t_run = time.time()
         load_start = os.getloadavg()
         log(f"training the stock segmentation model for {a.minutes} min")
-        stock_train = train_stock(stock_app, copy_studies(data["train"], work / "stock-train"), work, a.minutes)
+        with GpuMonitor() as gpu:
+            stock_train = train_stock(stock_app, copy_studies(data["train"], work / "stock-train"), work, a.minutes)
+        stock_train["gpu"] = gpu.summary()
         log(f"stock: {stock_train['epochs_done']} epochs in {stock_train['wall_s']} s")
         our_models = work / "our-model"
         log(f"training ours for {a.minutes} min")
-        ours_train = train_ours(copy_studies(data["train"], work / "our-train"), our_models, work, a.minutes,
-                                a.organ_share, a.classifier)
+        with GpuMonitor() as gpu:
+            ours_train = train_ours(copy_studies(data["train"], work / "our-train"), our_models, work, a.minutes,
+                                    a.organ_share, a.classifier)
+        ours_train["gpu"] = gpu.summary()
         log(f"ours: organ {ours_train['organ']['epochs_done']} epochs, lesion {ours_train['lesion']['epochs_done']} epochs, "
             f"{ours_train['wall_s']} s")
         stock_inf, ours_inf = infer_both(a, work, tests, data["warmup"], stock_app, our_models)
@@ -748,6 +756,34 @@ def targets(res: dict) -> dict:
     return out
 
 
+def gpu_phases(res: dict) -> list[tuple[str, dict]]:
+    phases = [("stock training", res["training"]["stock"].get("gpu")), ("our training", res["training"]["ours"].get("gpu")),
+              ("stock /infer", res["stock"]["infer"].get("gpu")), ("our /infer", res["ours"]["infer"].get("gpu"))]
+    return [(k, g) for k, g in phases if g]
+
+
+def gpu_line(res: dict) -> str:
+    phases = gpu_phases(res)
+    if not phases:
+        return "- GPU figures (memory, utilisation): not measured, no GPU (no `nvidia-smi`) on this machine"
+    return "- GPU 0, sampled with `nvidia-smi` every second: " + "; ".join(
+        f"{k}: utilisation mean {g['util_mean_pct']}% (median {g['util_median_pct']}%), memory max "
+        f"{g['memory_max_mib']:.0f} MiB" for k, g in phases)
+
+
+def gpu_target_line(res: dict) -> str:
+    phases = dict(gpu_phases(res))
+    if not phases:
+        return "- GPU targets (<= 1 s for a 512x512x200 CT, GPU utilisation while training): not measured, no GPU."
+    ct = res["ours"]["summary"].get("ct") or {}
+    latency = ct.get("latency_s_median")
+    verdict = "not measured" if latency is None else ("met" if latency <= 1.0 else "NOT met")
+    train = phases.get("our training")
+    util = f"{train['util_mean_pct']}% mean utilisation while our stages trained" if train else "training not sampled"
+    return (f"- GPU: ours on the 512x512x200 CT {fmt(latency, '.2f')} s end to end (target <= 1 s: {verdict}); {util} "
+            f"(data loading starves the GPU where this is low)")
+
+
 def markdown(res: dict, a, table: str, stages: str) -> str:
     tr = res["training"]
     st, ou = tr["stock"], tr["ours"]
@@ -804,7 +840,7 @@ def markdown(res: dict, a, table: str, stages: str) -> str:
   `python -m radcascade.training --cold --stages organ` ({ou['organ']['wall_s']:.0f} s, {a.organ_share:.0%} of the
   rest of T) and `--stages lesion` ({ou['lesion']['wall_s']:.0f} s, the remainder); total {ou['wall_s']:.0f} s
 - peak host memory: max `VmHWM` over the server's processes (the server proper), read after the requests
-- GPU figures (latency, memory, utilisation): not measured, no GPU in this session
+{gpu_line(res)}
 
 ## Results
 
@@ -840,7 +876,7 @@ its held-out validation studies) -- the test-set figures above are the comparabl
 ## Targets (issue 5)
 
 {tgt}
-- GPU targets (<= 1 s for a 512x512x200 CT, GPU utilisation while training): not measured, no GPU in this session.
+{gpu_target_line(res)}
 
 Plot: `{a.name}.png`. Raw figures (per study, training curves): `{a.name}.json`.
 """
