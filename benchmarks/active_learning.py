@@ -322,6 +322,7 @@ def main() -> None:
                    help="share of the pool generated without lesions (a screening worklist); 0: every study "
                         "draws 0-5 lesions")
     p.add_argument("--quick", action="store_true", help="smoke run")
+    p.add_argument("--name", default=None, help="results file stem (default: active_learning[-screening][-quick])")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
     if a.quick:
@@ -351,7 +352,7 @@ def main() -> None:
             "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
             "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(BENCHMARKED_DIVERSITY)}
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / ("active_learning" + ("-screening" if a.lesion_free_pool else "") + ("-quick" if a.quick else ""))
+    stem = a.out / (a.name or ("active_learning" + ("-screening" if a.lesion_free_pool else "") + ("-quick" if a.quick else "")))
     stem.with_suffix(".json").write_text(json.dumps({**record, "rows": [
         {**{k: v for k, v in asdict(r).items() if k != "metrics"}, **asdict(r.metrics)} for r in rows]}, indent=1))
     stem.with_suffix(".md").write_text(
