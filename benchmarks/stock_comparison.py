@@ -44,7 +44,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from benchlib import CT_SIZE, RESULTS, SAMPLE_SIZE, GpuMonitor, decode_result, install_weights, meta
+from benchlib import (CT_SIZE, PRETRAINED, RESULTS, SAMPLE_SIZE, GpuMonitor, decode_result, install_weights, meta,
+                      start_cascade_server)
 from radcascade import localserver
 from radcascade.evaluation import classification_metrics, dice
 from radcascade.labels import FIRST_LESION_VALUE, LabelContract
@@ -129,20 +130,20 @@ def infer_both(a, work: Path, tests, warmup: Path, stock_app: Path, our_models: 
     finally:
         server.stop()
     log("inference: ours")
-    ours_work = work / "ours-infer"
-    shutil.rmtree(ours_work, ignore_errors=True)
-    shutil.rmtree(work / "ours-test", ignore_errors=True)
-    ours_work.mkdir()
-    server = localserver.start_server(images_only(tests, work / "ours-test", warmup), work / "ours-infer.log",
-                                      {"model_dir": str(install_weights(ours_work / "model", our_models)),
-                                       "device": SERVE_DEVICE})
+    return stock_inf, measure_ours(a, work / "ours-infer", our_models, tests, warmup)
+
+
+def measure_ours(a, folder: Path, weights: Path, tests, warmup: Path) -> dict:
+    """Our app with the model files of ``weights``, in a fresh server on the test images, measured."""
+    shutil.rmtree(folder, ignore_errors=True)  # a re-measurement on another test set starts clean
+    server = start_cascade_server(images_only(tests, folder / "studies", warmup), folder, SERVE_DEVICE, weights)
     try:
         with GpuMonitor() as gpu:
-            ours_inf = measure_server(server, "cascade", tests, work / "ours-out", a.repeats)
-        ours_inf["gpu"] = gpu.summary()
+            result = measure_server(server, "cascade", tests, folder / "out", a.repeats)
+        result["gpu"] = gpu.summary()
     finally:
         server.stop()
-    return stock_inf, ours_inf
+    return result
 
 
 def images_only(tests, dest: Path, warmup: Path) -> Path:
@@ -639,6 +640,8 @@ def main() -> None:
     log(f"{len(tests)} test studies, work folder {work}")
 
     state = work / "state.pkl"
+    if (a.resume or a.reinfer) and not state.exists():
+        raise SystemExit(f"--resume/--reinfer: no kept run in {work} (no {state.name}); run without them first")
     if a.resume and state.exists():  # re-evaluate / re-report a finished run (its labels are in --work)
         stock_train, ours_train, stock_inf, ours_inf, run_wall, loads = pickle.loads(state.read_bytes())
     elif a.reinfer and state.exists():  # the trained models of a kept run, measured on the current test set
@@ -681,15 +684,7 @@ def main() -> None:
         # Context, not part of the equal-budget comparison: our app with the committed starting weights
         # (trained ~50 min on 32 other generated studies), on the same test studies.
         log("inference: ours with the committed starting weights (reference row)")
-        ref_work = work / "reference-infer"
-        ref_work.mkdir(exist_ok=True)
-        server = localserver.start_server(images_only(tests, ref_work / "studies", data["warmup"]),
-                                          ref_work / "server.log",
-                                          {"model_dir": str(install_weights(ref_work / "model")), "device": SERVE_DEVICE})
-        try:
-            reference = measure_server(server, "cascade", tests, ref_work / "out", a.repeats)
-        finally:
-            server.stop()
+        reference = measure_ours(a, work / "reference-infer", PRETRAINED, tests, data["warmup"])
     res = {
         **meta(command, minutes=a.minutes, overlap_criterion=f">= {OVERLAP:.0%} of a component's voxels",
                train_studies=a.train, seeds=SEEDS, sizes={"sample": sample_size, "ct": CT_SIZE}),
