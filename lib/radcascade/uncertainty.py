@@ -47,6 +47,29 @@ class StudyUncertainty:
         return d
 
 
+@dataclass
+class StageMaps:
+    """One stage's voxel uncertainty on its own grid, and the organ region it is judged in."""
+
+    mc_entropy: torch.Tensor  # binary entropy of the mean MC-dropout foreground probability, [0, 1]
+    tta_spread: torch.Tensor  # 2 x std of the foreground probability over test-time augmentations, [0, 1]
+    region: torch.Tensor  # bool: the (dilated) predicted organ on this stage's grid
+
+    def aggregate(self, voxels: torch.Tensor) -> float:
+        """The mean inside the region (0 for an empty region)."""
+        return float(voxels[self.region].mean()) if self.region.any() else 0.0
+
+
+@dataclass
+class UncertaintyMaps:
+    """Voxel-wise uncertainty of both segmentation stages for one study."""
+
+    organ: StageMaps  # at the organ UNet's coarse spacing, whole volume
+    lesion: StageMaps  # at the lesion UNet's spacing, inside the organ crop
+    image: torch.Tensor  # [1, X, Y, Z] HU on the cascade's device
+    organ_result: object  # the cascade's stage-1 result (reused for the full run)
+
+
 # Bin edges (HU) of the organ histogram: fat/air, water-like lesions, parenchyma, enhancing tissue.
 HISTOGRAM_EDGES_HU = (-50.0, 0.0, 25.0, 45.0, 60.0, 75.0, 100.0, 150.0)
 
@@ -134,7 +157,8 @@ class CascadeUncertainty:
             net.eval()
         return probs if mc else _tta_undo(probs)
 
-    def score(self, volume: Volume) -> StudyUncertainty:
+    def maps(self, volume: Volume) -> UncertaintyMaps | None:
+        """Voxel-wise uncertainty of both stages (``None`` when stage 1 finds no organ)."""
         torch.manual_seed(self.seed)
         c = self.cascade
         organ_model = c.organ_model.get()
@@ -144,12 +168,13 @@ class CascadeUncertainty:
         image = torch.from_numpy(volume.array).to(c.device).unsqueeze(0)
         organ = c.organ_stage(image, volume.spacing)
         if not organ.found:
-            return StudyUncertainty(1.0, 1.0, 1.0, False, 0)
+            return None
         # Stage 1 at its coarse grid, restricted to the (dilated) predicted organ.
         coarse_shape = shape_at_spacing(volume.shape, volume.spacing, organ_model.checkpoint.spacing)
         xc = resample(normalize_hu(image), coarse_shape)
         div = organ_model.checkpoint.spec.divisor
-        region_c = resample(self._organ_mask_full(organ, volume.shape, image.device).float()[None], coarse_shape)[0] > 0.05
+        organ_full = self._organ_mask_full(organ, volume.shape, image.device)
+        region_c = resample(organ_full.float()[None], coarse_shape)[0] > 0.05
         region_c = torch.from_numpy(ndimage.binary_dilation(region_c.cpu().numpy(), iterations=2)).to(image.device)
         mc_o = self._organ_probs(organ_model.network, xc, div, mc=True)
         tta_o = self._organ_probs(organ_model.network, xc, div, mc=False)
@@ -157,18 +182,24 @@ class CascadeUncertainty:
         box = c.lesion_stage.crop_box(organ.box, volume.spacing, volume.shape)
         fine_shape = shape_at_spacing(box.shape, volume.spacing, lesion_model.checkpoint.spacing)
         xf = resample(normalize_hu(image[(slice(None),) + box.slices]), fine_shape)
-        organ_crop = self._organ_mask_full(organ, volume.shape, image.device)[box.slices].float()[None]
-        region_f = F.max_pool3d(resample(organ_crop, fine_shape)[None], 3, 1, 1)[0, 0] > 0.05
+        region_f = F.max_pool3d(resample(organ_full[box.slices].float()[None], fine_shape)[None], 3, 1, 1)[0, 0] > 0.05
         roi = c.lesion_stage.window(fine_shape, lesion_model.checkpoint.spec.divisor)
         mc_l = self._lesion_probs(lesion_model.network, xf, roi, mc=True)
         tta_l = self._lesion_probs(lesion_model.network, xf, roi, mc=False)
+        return UncertaintyMaps(
+            organ=StageMaps(_binary_entropy(mc_o.mean(0)), tta_o.std(0) * 2, region_c),  # std <= 0.5: scale to [0, 1]
+            lesion=StageMaps(_binary_entropy(mc_l.mean(0)), tta_l.std(0) * 2, region_f),
+            image=image, organ_result=organ)
 
-        def inside(t: torch.Tensor, region: torch.Tensor) -> float:
-            return float(t[region].mean()) if region.any() else 0.0
-
-        epistemic = 0.5 * (inside(_binary_entropy(mc_o.mean(0)), region_c) + inside(_binary_entropy(mc_l.mean(0)), region_f))
-        # std of a probability is at most 0.5: scale to [0, 1]
-        tta = 0.5 * (inside(tta_o.std(0), region_c) + inside(tta_l.std(0), region_f)) * 2
+    def score(self, volume: Volume, maps: UncertaintyMaps | None = None) -> StudyUncertainty:
+        """The study's stored scores; ``maps`` reuses :meth:`maps` already computed for ``volume``."""
+        maps = maps if maps is not None else self.maps(volume)
+        if maps is None:
+            return StudyUncertainty(1.0, 1.0, 1.0, False, 0)
+        c = self.cascade
+        epistemic = 0.5 * (maps.organ.aggregate(maps.organ.mc_entropy) + maps.lesion.aggregate(maps.lesion.mc_entropy))
+        tta = 0.5 * (maps.organ.aggregate(maps.organ.tta_spread) + maps.lesion.aggregate(maps.lesion.tta_spread))
+        image, organ = maps.image, maps.organ_result
         result = c.run(volume, organ=organ)
         cls = 0.0
         loaded = c.classifier_model.get() if c.classifier_model else None
