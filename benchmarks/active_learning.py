@@ -51,7 +51,7 @@ from radcascade.evaluation import LesionDetection, classification_metrics, dice,
 from radcascade.labels import LabelContract
 from radcascade.networks import UNetSpec
 from radcascade.patches import PatchConfig
-from radcascade.sample_data import Study, generate_datastore
+from radcascade.sample_data import LOW_DOSE_NOISE_HU, STANDARD_NOISE_HU, Study, generate_datastore
 from radcascade.training import TrainConfig, Trainer, TrainingCase
 from radcascade.uncertainty import CascadeUncertainty, StudyUncertainty
 from radcascade.volumes import Volume, load_volume
@@ -71,7 +71,9 @@ MIN_LESION_ML = 0.1
 TEST_SEED = 9100
 STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv")
 PICKED = "picked_with_lesions"  # pool studies with >= 1 lesion among those labelled so far
+PICKED_LOW_DOSE = "picked_low_dose"
 METRICS = ("organ_dice", "lesion_dice", "detection_recall", "fp_per_study", "classifier_auc")
+LOW_DOSE_METRICS = ("low_dose_organ_dice", "low_dose_lesion_dice")
 
 
 @dataclass
@@ -79,6 +81,7 @@ class TestSet:
     studies: list[Study]
     volumes: list[Volume]
     lesions: list[LesionSample]
+    low_dose: frozenset[int] = frozenset()  # indices of the studies generated with the low-dose protocol
 
 
 @dataclass
@@ -90,6 +93,8 @@ class Evaluation:
     detection_recall: float | None
     fp_per_study: float
     classifier_auc: float | None
+    low_dose_organ_dice: float | None = None  # the same figures on the low-dose test studies only
+    low_dose_lesion_dice: float | None = None
 
 
 @dataclass
@@ -100,15 +105,17 @@ class Row:
     labelled: int
     picked: list[str]
     picked_with_lesions: int  # cumulative: labelled pool studies that hold at least one lesion
+    picked_low_dose: int  # cumulative: labelled pool studies of the low-dose protocol
     train_s: float
     score_s: float
     metrics: Evaluation
 
 
-def make_studies(folder: Path, n: int, seed: int, prefix: str, lesion_free: frozenset[int] = frozenset()) -> list[Study]:
+def make_studies(folder: Path, n: int, seed: int, prefix: str, lesion_free: frozenset[int] = frozenset(),
+                 low_dose: frozenset[int] = frozenset()) -> list[Study]:
     """``n`` studies with their labels written (the simulated annotator's ground truth)."""
     return generate_datastore(folder, n, 0, seed=seed, shape=SHAPE, spacing=SPACING, prefix=prefix,
-                              lesion_free=lesion_free)
+                              lesion_free=lesion_free, low_dose=low_dose)
 
 
 def screening_indices(seed: int, initial: int, pool: int, fraction: float) -> frozenset[int]:
@@ -116,6 +123,14 @@ def screening_indices(seed: int, initial: int, pool: int, fraction: float) -> fr
     the starting studies keep theirs (a project starts from a few known positive cases)."""
     count = int(round(fraction * pool))
     chosen = np.random.default_rng(seed).choice(pool, size=count, replace=False)
+    return frozenset(int(initial + i) for i in chosen)
+
+
+def low_dose_indices(seed: int, initial: int, pool: int, fraction: float) -> frozenset[int]:
+    """Which pool studies come from the low-dose protocol (``fraction`` of the pool, chosen by ``seed``,
+    independently of the lesion-free ones); the starting studies are all routine-protocol studies."""
+    count = int(round(fraction * pool))
+    chosen = np.random.default_rng(10_000 + seed).choice(pool, size=count, replace=False)
     return frozenset(int(initial + i) for i in chosen)
 
 
@@ -152,22 +167,31 @@ def cascade_of(model_dir: Path, contract: LabelContract) -> Cascade:
                    classifier_model=clf if clf.exists() else None, min_lesion_ml=MIN_LESION_ML)
 
 
+def _pooled_dice(overlaps: list[tuple[float, float]]) -> float:
+    """Dice pooled over studies from per-study (intersection, |pred| + |truth|)."""
+    inter, total = sum(o[0] for o in overlaps), sum(o[1] for o in overlaps)
+    return 1.0 if total == 0 else 2 * inter / total
+
+
 def evaluate(cascade: Cascade, test: TestSet) -> Evaluation:
-    organ, inter, total = [], 0.0, 0.0
+    organ, overlaps = [], []
     detection = LesionDetection(0, 0, 0, 0)
     for study, volume in zip(test.studies, test.volumes):
         label = cascade.run(volume).label
         organ.append(dice(label >= 1, study.label >= 1))
         p, t = label >= 2, study.label >= 2
-        inter, total = inter + float((p & t).sum()), total + float(p.sum() + t.sum())
+        overlaps.append((float((p & t).sum()), float(p.sum() + t.sum())))
         detection = detection + lesion_detection(p, t)
     auc = None
     loaded = cascade.classifier_model.get() if cascade.classifier_model else None
     if loaded is not None and test.lesions:
         probs = loaded.network.predict_proba(torch.stack([s.patches for s in test.lesions])).cpu().numpy()
         auc = classification_metrics([s.label for s in test.lesions], probs, 2).auc
-    return Evaluation(float(np.mean(organ)), 1.0 if total == 0 else 2 * inter / total, detection.recall,
-                      detection.false_positives / len(test.studies), auc)
+    low = sorted(test.low_dose)
+    return Evaluation(float(np.mean(organ)), _pooled_dice(overlaps), detection.recall,
+                      detection.false_positives / len(test.studies), auc,
+                      float(np.mean([organ[i] for i in low])) if low else None,
+                      _pooled_dice([overlaps[i] for i in low]) if low else None)
 
 
 def score_pool(cascade: Cascade, volumes: dict[str, Volume], names: list[str]) -> dict[str, StudyUncertainty]:
@@ -191,9 +215,11 @@ def select(strategy: str, remaining: list[str], n: int, rng: random.Random,
 def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -> list[Row]:
     folder = work / f"seed{seed}"
     lesion_free = screening_indices(seed, a.initial, a.pool, a.lesion_free_pool)
-    studies = make_studies(folder, a.initial + a.pool, 100 + seed, f"s{seed}", lesion_free)
+    low_dose = low_dose_indices(seed, a.initial, a.pool, a.low_dose_pool)
+    studies = make_studies(folder, a.initial + a.pool, 100 + seed, f"s{seed}", lesion_free, low_dose)
     names = [s.name for s in studies]
     has_lesion = {s.name: bool((s.label >= 2).any()) for s in studies}
+    is_low_dose = {s.name: i in low_dose for i, s in enumerate(studies)}
     initial, pool = names[:a.initial], names[a.initial:]
     volumes = {name: load_volume(folder / f"{name}.nii.gz") for name in pool}
     t = time.time()
@@ -201,9 +227,10 @@ def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -
     train_round(base, [case(folder, n) for n in initial], a.initial_epochs, 1000 * seed, contract)
     train_s = time.time() - t
     cascade = cascade_of(base, contract)
-    rows = [Row(seed, s, 0, len(initial), [], 0, train_s, 0.0, evaluate(cascade, test)) for s in a.strategies]
+    rows = [Row(seed, s, 0, len(initial), [], 0, 0, train_s, 0.0, evaluate(cascade, test)) for s in a.strategies]
     print(f"seed {seed} round 0: {len(initial)} labelled, {rows[0].metrics} ({train_s:.0f}s); "
-          f"pool: {sum(has_lesion[n] for n in pool)} of {len(pool)} studies with lesions", flush=True)
+          f"pool: {sum(has_lesion[n] for n in pool)} of {len(pool)} studies with lesions, "
+          f"{sum(is_low_dose[n] for n in pool)} low-dose", flush=True)
     t = time.time()
     round0_scores = score_pool(cascade, volumes, pool) if any(s not in ("random", "first") for s in a.strategies) else None
     round0_score_s = time.time() - t
@@ -228,25 +255,26 @@ def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -
             train_round(model_dir, [case(folder, n) for n in labelled], a.epochs, 1000 * seed + r, contract)
             train_s = time.time() - t
             found = sum(has_lesion[n] for n in labelled[len(initial):])
-            row = Row(seed, strategy, r, len(labelled), picked, found, train_s, score_s, evaluate(cascade, test))
+            low = sum(is_low_dose[n] for n in labelled[len(initial):])
+            row = Row(seed, strategy, r, len(labelled), picked, found, low, train_s, score_s, evaluate(cascade, test))
             rows.append(row)
-            print(f"seed {seed} {strategy:<14} round {r}: +{picked} ({found} with lesions) -> {row.metrics} "
+            print(f"seed {seed} {strategy:<14} round {r}: +{picked} ({found} with lesions, {low} low-dose) -> {row.metrics} "
                   f"(score {score_s:.0f}s, train {train_s:.0f}s)", flush=True)
     return rows
 
 
-def summarise(rows: list[Row], strategies, rounds: int) -> tuple[str, str]:
+def summarise(rows: list[Row], strategies, rounds: int, low_dose: bool = False) -> tuple[str, str]:
     """The final-round table (mean ± std over seeds, and wins over random per seed) and a per-round table."""
     by = {(r.strategy, r.round, r.seed): r for r in rows}
     seeds = sorted({r.seed for r in rows})
 
     def values(strategy, rnd, metric):
         rows_ = [by[(strategy, rnd, s)] for s in seeds if (strategy, rnd, s) in by]
-        if metric == PICKED:
-            return [r.picked_with_lesions for r in rows_]
+        if metric in (PICKED, PICKED_LOW_DOSE):
+            return [getattr(r, metric) for r in rows_]
         return [getattr(r.metrics, metric) for r in rows_]
 
-    columns = (PICKED, *METRICS)
+    columns = (PICKED, *METRICS) if not low_dose else (PICKED, PICKED_LOW_DOSE, *METRICS, *LOW_DOSE_METRICS)
     head = "| strategy | " + " | ".join(columns) + " |"
     lines = [head, "|---|" + "---|" * len(columns)]
     for strategy in strategies:
@@ -264,7 +292,7 @@ def summarise(rows: list[Row], strategies, rounds: int) -> tuple[str, str]:
     curve = ["| strategy | metric | " + " | ".join(f"round {r}" for r in range(rounds + 1)) + " |",
              "|---|---|" + "---|" * (rounds + 1)]
     for strategy in strategies:
-        for m in (PICKED, "organ_dice", "lesion_dice", "detection_recall", "classifier_auc"):
+        for m in [c for c in columns if c not in ("fp_per_study",)]:
             curve.append(f"| {strategy} | {m} | " + " | ".join(mean_std(values(strategy, r, m)) for r in range(rounds + 1)) + " |")
     return final, "\n".join(curve)
 
@@ -304,6 +332,16 @@ def pool_text(fraction: float) -> str:
             f"rest draws 0-5; the starting studies draw 0-5; `{PICKED}` counts the picked studies that hold a lesion")
 
 
+def protocol_text(pool_fraction: float, test_fraction: float) -> str:
+    if not pool_fraction and not test_fraction:
+        return ""
+    return (f"- protocols: the starting studies are routine-dose (noise {STANDARD_NOISE_HU} HU std); {pool_fraction:.0%} "
+            f"of the pool and {test_fraction:.0%} of the test set come from a low-dose protocol (noise "
+            f"{LOW_DOSE_NOISE_HU} HU std, same anatomy and lesions) the starting models never saw; "
+            f"`{PICKED_LOW_DOSE}` counts the picked low-dose studies, `low_dose_*` are the figures on the low-dose "
+            f"test studies only\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -321,10 +359,17 @@ def main() -> None:
     p.add_argument("--lesion-free-pool", type=float, default=0.0,
                    help="share of the pool generated without lesions (a screening worklist); 0: every study "
                         "draws 0-5 lesions")
+    p.add_argument("--low-dose-pool", type=float, default=0.0,
+                   help="share of the pool from a low-dose protocol the starting studies never show (a new scanner "
+                        "or protocol on the worklist)")
+    p.add_argument("--low-dose-test", type=float, default=None,
+                   help="share of the test set from the low-dose protocol (default: as --low-dose-pool)")
     p.add_argument("--quick", action="store_true", help="smoke run")
     p.add_argument("--name", default=None, help="results file stem (default: active_learning[-screening][-quick])")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
+    if a.low_dose_test is None:
+        a.low_dose_test = a.low_dose_pool
     if a.quick:
         a.seeds, a.pool, a.per_round, a.rounds, a.test, a.initial_epochs, a.epochs = [0], 6, 2, 1, 4, 20, 2
     torch.set_num_threads(a.threads)
@@ -332,23 +377,26 @@ def main() -> None:
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="radcascade-al-"))
     try:
-        test_studies = make_studies(work / "test", a.test, TEST_SEED, "test")
+        low_dose_test = frozenset(range(int(round(a.low_dose_test * a.test))))
+        test_studies = make_studies(work / "test", a.test, TEST_SEED, "test", low_dose=low_dose_test)
         test = TestSet(test_studies, [load_volume(work / "test" / f"{s.name}.nii.gz") for s in test_studies],
                        [x for s in test_studies
-                        for x in lesion_samples(s.name, s.image.astype(np.float32), s.spacing, s.label, PatchConfig())])
+                        for x in lesion_samples(s.name, s.image.astype(np.float32), s.spacing, s.label, PatchConfig())],
+                       low_dose_test)
         print(f"test set: {a.test} studies, {len(test.lesions)} lesions "
               f"(classes {np.bincount([s.label for s in test.lesions], minlength=2).tolist()})", flush=True)
         rows = [row for seed in a.seeds for row in run_seed(seed, a, test, work, contract)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    final, curve = summarise(rows, a.strategies, a.rounds)
+    final, curve = summarise(rows, a.strategies, a.rounds, low_dose=bool(a.low_dose_pool or a.low_dose_test))
     print(final)
     cmd = "nice -n 10 .venv/bin/python " + " ".join(["benchmarks/active_learning.py", *sys.argv[1:]])
     record = {**meta(cmd), "minutes": round((time.time() - t0) / 60, 1), "seeds": a.seeds,
             "initial": a.initial, "pool": a.pool, "per_round": a.per_round, "rounds": a.rounds,
             "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
-            "epochs": a.epochs, "lesion_free_pool": a.lesion_free_pool, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
+            "epochs": a.epochs, "lesion_free_pool": a.lesion_free_pool, "low_dose_pool": a.low_dose_pool,
+            "low_dose_test": a.low_dose_test, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
             "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
             "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(BENCHMARKED_DIVERSITY)}
     a.out.mkdir(parents=True, exist_ok=True)
@@ -366,7 +414,7 @@ def main() -> None:
         f"- loop: {a.initial} labelled to start, a pool of {a.pool}, {a.per_round} picked per round, {a.rounds} rounds; "
         f"round 0 trains {a.initial_epochs} epochs from scratch, later rounds {a.epochs} epochs warm-started; "
         f"classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"
-        f"- pool: {pool_text(a.lesion_free_pool)}\n"
+        f"- pool: {pool_text(a.lesion_free_pool)}\n{protocol_text(a.low_dose_pool, a.low_dose_test)}"
         f"- test set: {a.test} generated studies (seed {TEST_SEED}), {len(test.lesions)} lesions\n"
         f"- `combined` uses a diversity penalty {BENCHMARKED_DIVERSITY.penalty}, radius {BENCHMARKED_DIVERSITY.radius} "
         f"(the app's default until 2026-11-23); `combined-nodiv` the pure ranking (the app's default now)\n\n"

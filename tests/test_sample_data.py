@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,6 +49,20 @@ def test_lesion_free_studies_keep_their_anatomy(tmp_path):
     for i in (0, 2):
         np.testing.assert_array_equal(screen[i].label, plain[i].label)
         np.testing.assert_array_equal(screen[i].image, plain[i].image)
+
+
+def test_low_dose_studies_keep_anatomy_and_lesions_with_more_noise(tmp_path):
+    """A second protocol: the same organ and lesions, noisier images; the truth manifest says which."""
+    plain = generate_datastore(tmp_path / "plain", 2, 0, seed=11, shape=SHAPE, spacing=SPACING)
+    mixed = generate_datastore(tmp_path / "mixed", 2, 0, seed=11, shape=SHAPE, spacing=SPACING,
+                               low_dose=frozenset({1}))
+    np.testing.assert_array_equal(mixed[1].label, plain[1].label)
+    np.testing.assert_array_equal(mixed[0].image, plain[0].image)
+    organ = plain[1].label == 1
+    spread = lambda s: float(np.std(s.image[organ].astype(np.float32)))  # noqa: E731
+    assert spread(mixed[1]) > 1.8 * spread(plain[1])
+    truth = json.loads((tmp_path / "mixed" / "truth.json").read_text())["studies"]
+    assert [truth[s.name]["protocol"] for s in mixed] == ["standard", "low-dose"]
 
 
 def _lesion_features(n_studies=24):

@@ -35,6 +35,10 @@ from radcascade.labels import ORGAN_VALUE, LabelContract
 DEFAULT_SHAPE = (128, 128, 48)  # voxels, (x, y, z)
 DEFAULT_SPACING = (2.5, 2.5, 4.0)  # mm
 BENIGN, MALIGNANT = 0, 1  # lesion class index into LabelContract.lesion_classes
+# Quantum noise (std, HU) of the scanner: a routine portal-venous protocol, and a low-dose one
+# (roughly a quarter of the dose: noise grows as 1/sqrt(dose)) that a site may add later.
+STANDARD_NOISE_HU = (6.0, 14.0)
+LOW_DOSE_NOISE_HU = (28.0, 40.0)
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,10 @@ def generate_study(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     max_lesions: int = 5,
+    noise_hu: tuple[float, float] = STANDARD_NOISE_HU,
 ) -> Study:
-    """Generate one study deterministically from ``seed``."""
+    """Generate one study deterministically from ``seed`` (``noise_hu``: range of the noise std; the
+    anatomy and lesions do not depend on it)."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -214,7 +220,7 @@ def generate_study(
     # Scanner: partial-volume blur then noise; air is clipped at -1024 like a real scanner.
     sigma = [rng.uniform(0.4, 0.8) * 2.0 / s for s in spacing]
     hu = ndimage.gaussian_filter(hu, sigma)
-    hu += rng.normal(0.0, rng.uniform(6.0, 14.0), size=shape).astype(np.float32)
+    hu += rng.normal(0.0, rng.uniform(*noise_hu), size=shape).astype(np.float32)
     hu = np.clip(hu, -1024, 3071)
     hu[~np.broadcast_to(body, shape) & (hu < -900)] = -1000.0
     origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
@@ -250,21 +256,25 @@ def generate_datastore(
     prefix: str = "study",
     contract: LabelContract | None = None,
     lesion_free: frozenset[int] = frozenset(),
+    low_dose: frozenset[int] = frozenset(),
 ) -> list[Study]:
     """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
 
     Studies whose index is in ``lesion_free`` get the same anatomy as they would otherwise, without
-    lesions (a screening worklist is mostly normal studies)."""
+    lesions (a screening worklist is mostly normal studies); those in ``low_dose`` the same anatomy
+    and lesions with low-dose noise (:data:`LOW_DOSE_NOISE_HU`)."""
     contract = contract or LabelContract()
     out = Path(out)
     (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).generate_state(labelled + unlabelled)
     studies, manifest = [], {}
     for i, s in enumerate(seeds):
-        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else 5)
+        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else 5,
+                               noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU)
         write_study(study, out, with_label=i < labelled, contract=contract)
         manifest[study.name] = {
             "labelled": i < labelled,
+            "protocol": "low-dose" if i in low_dose else "standard",
             "lesions": [
                 {"class": contract.lesion_classes[l.lesion_class], "diameter_mm": round(l.diameter_mm, 1),
                  "centre_mm": [round(c, 1) for c in l.centre_mm]}
