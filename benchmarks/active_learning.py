@@ -30,6 +30,7 @@ Writes ``benchmarks/results/active_learning.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
@@ -365,9 +366,13 @@ def main() -> None:
     p.add_argument("--low-dose-test", type=float, default=None,
                    help="share of the test set from the low-dose protocol (default: as --low-dose-pool)")
     p.add_argument("--quick", action="store_true", help="smoke run")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="write one report (--name) from results files of the same settings on disjoint seeds")
     p.add_argument("--name", default=None, help="results file stem (default: active_learning[-screening][-quick])")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
+    if a.merge:
+        return merge(a.merge, a.out / (a.name or "active_learning-merged"))
     if a.low_dose_test is None:
         a.low_dose_test = a.low_dose_pool
     if a.quick:
@@ -389,40 +394,76 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    final, curve = summarise(rows, a.strategies, a.rounds, low_dose=bool(a.low_dose_pool or a.low_dose_test))
-    print(final)
     cmd = "nice -n 10 .venv/bin/python " + " ".join(["benchmarks/active_learning.py", *sys.argv[1:]])
     record = {**meta(cmd), "minutes": round((time.time() - t0) / 60, 1), "seeds": a.seeds,
-            "initial": a.initial, "pool": a.pool, "per_round": a.per_round, "rounds": a.rounds,
-            "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
-            "epochs": a.epochs, "lesion_free_pool": a.lesion_free_pool, "low_dose_pool": a.low_dose_pool,
-            "low_dose_test": a.low_dose_test, "torch_threads": a.threads, "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
-            "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH, "unet": SMALL_UNET.to_dict(),
-            "classifier": "deep features (efficientnet-lite0, logreg)", "combined_diversity": asdict(BENCHMARKED_DIVERSITY)}
+              "initial": a.initial, "pool": a.pool, "per_round": a.per_round, "rounds": a.rounds,
+              "test_studies": a.test, "test_lesions": len(test.lesions), "initial_epochs": a.initial_epochs,
+              "epochs": a.epochs, "lesion_free_pool": a.lesion_free_pool, "low_dose_pool": a.low_dose_pool,
+              "low_dose_test": a.low_dose_test, "strategies": a.strategies, "torch_threads": a.threads,
+              "study_shape": SHAPE, "study_spacing_mm": SPACING, "organ_spacing_mm": ORGAN_SPACING,
+              "lesion_spacing_mm": LESION_SPACING, "min_lesion_ml": MIN_LESION_ML, "patch": PATCH,
+              "unet": SMALL_UNET.to_dict(), "classifier": "deep features (efficientnet-lite0, logreg)",
+              "combined_diversity": asdict(BENCHMARKED_DIVERSITY)}
     a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / (a.name or ("active_learning" + ("-screening" if a.lesion_free_pool else "") + ("-quick" if a.quick else "")))
+    write_results(stem, record, rows)
+
+
+# Fields of a results file that differ between runs of the same experiment on other seeds.
+PER_RUN = ("command", "machine", "date", "minutes", "seeds", "rows", "merged_from")
+
+
+def merge(paths: list[Path], stem: Path) -> None:
+    """One report from runs of the same settings on disjoint seeds (e.g. two processes, one per core)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    settings = [{k: v for k, v in p.items() if k not in PER_RUN} for p in parts]
+    for path, other in zip(paths[1:], settings[1:]):
+        differ = sorted(k for k in set(other) | set(settings[0]) if other.get(k) != settings[0].get(k))
+        if differ:
+            raise SystemExit(f"{path} was run with other settings than {paths[0]}: {', '.join(differ)}")
+    seeds = [s for p in parts for s in p["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the runs share seeds: {seeds}")
+    record = {**parts[0], "seeds": sorted(seeds), "minutes": round(sum(p["minutes"] for p in parts), 1),
+              "command": " and ".join(f"`{p['command']}`" for p in parts).strip("`"),
+              "merged_from": [p.name for p in paths], "date": max(p["date"] for p in parts)}
+    fields = {f.name for f in dataclasses.fields(Row)} - {"metrics"}
+    rows = [Row(**{k: v for k, v in r.items() if k in fields} | {"picked_low_dose": r.get("picked_low_dose", 0)},
+                metrics=Evaluation(**{k: v for k, v in r.items() if k in {f.name for f in dataclasses.fields(Evaluation)}}))
+            for p in parts for r in p["rows"]]
+    write_results(stem, record, rows)
+
+
+def write_results(stem: Path, record: dict, rows: list[Row]) -> None:
+    """``stem``.json (settings and every row), .md (tables) and .png (learning curves)."""
+    r = record
+    strategies, rounds = r["strategies"], r["rounds"]
+    final, curve = summarise(rows, strategies, rounds, low_dose=bool(r.get("low_dose_pool") or r.get("low_dose_test")))
+    print(final)
     stem.with_suffix(".json").write_text(json.dumps({**record, "rows": [
-        {**{k: v for k, v in asdict(r).items() if k != "metrics"}, **asdict(r.metrics)} for r in rows]}, indent=1))
+        {**{k: v for k, v in asdict(row).items() if k != "metrics"}, **asdict(row.metrics)} for row in rows]}, indent=1))
+    parts = f" (merged from {', '.join(r['merged_from'])})" if r.get("merged_from") else ""
     stem.with_suffix(".md").write_text(
-        f"# Active learning: simulated annotation loop (mean ± std over seeds {a.seeds})\n\n"
-        f"- command: `{cmd}` ({record['minutes']} min, {a.threads} torch thread(s))\n- machine: {record['machine']}\n"
-        f"- date: {record['date']}\n"
+        f"# Active learning: simulated annotation loop (mean ± std over seeds {r['seeds']})\n\n"
+        f"- command: `{r['command']}`{parts} ({r['minutes']} min in all, {r['torch_threads']} torch thread(s) each)\n"
+        f"- machine: {r['machine']}\n- date: {r['date']}\n"
         f"- studies: generated, {SHAPE} voxels at {SPACING} mm; organ UNet at {ORGAN_SPACING} mm, lesion UNet at "
         f"{LESION_SPACING} mm, both {SMALL_UNET.channels} channels, dropout {SMALL_UNET.dropout}, patches {PATCH}\n"
         f"- lesions under {MIN_LESION_ML} ml (one voxel) are dropped; no validation hold-out: every labelled study "
         f"trains, the epoch with the lowest training loss is published\n"
-        f"- loop: {a.initial} labelled to start, a pool of {a.pool}, {a.per_round} picked per round, {a.rounds} rounds; "
-        f"round 0 trains {a.initial_epochs} epochs from scratch, later rounds {a.epochs} epochs warm-started; "
-        f"classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"
-        f"- pool: {pool_text(a.lesion_free_pool)}\n{protocol_text(a.low_dose_pool, a.low_dose_test)}"
-        f"- test set: {a.test} generated studies (seed {TEST_SEED}), {len(test.lesions)} lesions\n"
+        f"- loop: {r['initial']} labelled to start, a pool of {r['pool']}, {r['per_round']} picked per round, "
+        f"{rounds} rounds; round 0 trains {r['initial_epochs']} epochs from scratch, later rounds {r['epochs']} epochs "
+        f"warm-started; classifier: deep features (EfficientNet-Lite0 + logistic regression) retrained every round\n"
+        f"- pool: {pool_text(r['lesion_free_pool'])}\n"
+        f"{protocol_text(r.get('low_dose_pool', 0.0), r.get('low_dose_test', 0.0))}"
+        f"- test set: {r['test_studies']} generated studies (seed {TEST_SEED}), {r['test_lesions']} lesions\n"
         f"- `combined` uses a diversity penalty {BENCHMARKED_DIVERSITY.penalty}, radius {BENCHMARKED_DIVERSITY.radius} "
         f"(the app's default until 2026-11-23); `combined-nodiv` the pure ranking (the app's default now)\n\n"
-        f"## After the last round ({a.initial + a.rounds * a.per_round} labelled studies)\n\n"
+        f"## After the last round ({r['initial'] + rounds * r['per_round']} labelled studies)\n\n"
         f"(k/n): on how many of the n seeds the strategy beat `random` (fp_per_study: lower is better)\n\n"
         f"{final}\n\n## Learning curves\n\n{curve}\n\n![learning curves]({stem.name}.png)\n")
-    plot(rows, a.strategies, a.rounds, stem.with_suffix(".png"))
-    print(f"wrote {stem}.{{json,md,png}} ({record['minutes']} min)")
+    plot(rows, strategies, rounds, stem.with_suffix(".png"))
+    print(f"wrote {stem}.{{json,md,png}} ({r['minutes']} min)")
 
 
 if __name__ == "__main__":

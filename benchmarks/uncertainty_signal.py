@@ -10,7 +10,9 @@ compared with the truth:
   worklist should hand out first);
 * ``rho_lesion_err``: Spearman correlation with the study's lesion error, 1 - lesion Dice
   (studies where both prediction and truth are empty count as 0 error);
-* ``rho_organ_err``: Spearman correlation with 1 - organ Dice.
+* ``rho_organ_err``: Spearman correlation with 1 - organ Dice;
+* ``auroc_low_dose`` (with ``--low-dose-pool``): ROC AUC for "the study comes from the low-dose
+  protocol the starting models never saw".
 
 Candidate scores: per stage (``organ``, ``lesion``) and kind (``mc`` = MC-dropout entropy, ``tta`` =
 test-time-augmentation spread), the voxel values inside the predicted organ aggregated as the
@@ -42,7 +44,7 @@ from radcascade.evaluation import dice
 from radcascade.labels import LabelContract
 from radcascade.uncertainty import CascadeUncertainty, StageMaps
 from radcascade.volumes import load_volume
-from active_learning import case, cascade_of, make_studies, screening_indices, train_round
+from active_learning import case, cascade_of, low_dose_indices, make_studies, screening_indices, train_round
 from benchlib import RESULTS, mean_std, meta
 
 STAGE_KINDS = [(stage, kind) for stage in ("organ", "lesion") for kind in ("mc", "tta")]
@@ -89,8 +91,10 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 def run_seed(seed: int, a, work: Path, contract: LabelContract) -> dict[str, dict[str, float | None]]:
     folder = work / f"seed{seed}"
+    low_dose = low_dose_indices(seed, a.initial, a.pool, a.low_dose_pool)
     studies = make_studies(folder, a.initial + a.pool, 100 + seed, f"s{seed}",
-                           screening_indices(seed, a.initial, a.pool, a.lesion_free_pool))
+                           screening_indices(seed, a.initial, a.pool, a.lesion_free_pool), low_dose)
+    is_low_dose = [a.initial + i in low_dose for i in range(a.pool)]
     initial, pool = studies[:a.initial], studies[a.initial:]
     model_dir = work / f"seed{seed}-model"
     train_round(model_dir, [case(folder, s.name) for s in initial], a.initial_epochs, 1000 * seed, contract)
@@ -108,7 +112,7 @@ def run_seed(seed: int, a, work: Path, contract: LabelContract) -> dict[str, dic
     for name in rows[0]:
         values = [r[name] for r in rows]
         result[name] = {"auroc_lesion": auroc(values, has_lesion), "rho_lesion_err": spearman(values, lesion_err),
-                        "rho_organ_err": spearman(values, organ_err)}
+                        "rho_organ_err": spearman(values, organ_err), "auroc_low_dose": auroc(values, is_low_dose)}
     print(f"seed {seed}: {sum(has_lesion)} of {len(pool)} pool studies with lesions, mean lesion error "
           f"{np.mean(lesion_err):.3f}, organ error {np.mean(organ_err):.3f}", flush=True)
     for name, r in result.items():
@@ -124,6 +128,8 @@ def main() -> None:
     p.add_argument("--initial-epochs", type=int, default=30)
     p.add_argument("--pool", type=int, default=24)
     p.add_argument("--lesion-free-pool", type=float, default=0.75)
+    p.add_argument("--low-dose-pool", type=float, default=0.0,
+                   help="share of the pool from the low-dose protocol (see active_learning.py)")
     p.add_argument("--top", type=float, default=0.01, help="fraction of organ voxels a `peak` score averages")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default=None)
@@ -136,7 +142,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     names = list(next(iter(per_seed.values())))
-    columns = ("auroc_lesion", "rho_lesion_err", "rho_organ_err")
+    columns = ("auroc_lesion", "rho_lesion_err", "rho_organ_err") + (("auroc_low_dose",) if a.low_dose_pool else ())
     lines = ["| score | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in names:
         cells = [mean_std([v for s in per_seed.values() if (v := s[name][c]) is not None]) for c in columns]
@@ -153,7 +159,8 @@ def main() -> None:
         f"- command: `{cmd}` ({record['minutes']} min)\n- machine: {record['machine']}\n- date: {record['date']}\n"
         f"- starting models: {a.initial} labelled studies, {a.initial_epochs} epochs (as `active_learning.py`'s round 0)\n"
         f"- pool: {a.pool} studies, {a.lesion_free_pool:.0%} generated without lesions; `peak` = mean of the top "
-        f"{a.top:.0%} of the organ's voxels\n\n{table}\n")
+        f"{a.top:.0%} of the organ's voxels; {a.low_dose_pool:.0%} of the pool low-dose (`auroc_low_dose`: ROC AUC "
+        f"of the score for \"the study is low-dose\")\n\n{table}\n")
     print(f"wrote {stem}.{{json,md}}")
 
 
