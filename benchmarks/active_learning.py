@@ -70,7 +70,10 @@ SMALL_UNET = UNetSpec(channels=(8, 16, 32), strides=(2, 2), num_res_units=1, dro
 # Lesions of one voxel (0.096 ml here) are noise, as the app's 0.02 ml is at its 2.5x2.5x4 mm.
 MIN_LESION_ML = 0.1
 TEST_SEED = 9100
-STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv")
+STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv",
+              "epistemic-lesion", "tta-lesion")
+# What the benchmark-only strategies rank by: one stage's share of a stored score.
+STAGE_SCORES = {"epistemic-lesion": "epistemic_lesion", "tta-lesion": "tta_lesion"}
 PICKED = "picked_with_lesions"  # pool studies with >= 1 lesion among those labelled so far
 PICKED_LOW_DOSE = "picked_low_dose"
 METRICS = ("organ_dice", "lesion_dice", "detection_recall", "fp_per_study", "classifier_auc")
@@ -207,7 +210,7 @@ def select(strategy: str, remaining: list[str], n: int, rng: random.Random,
         return rng.sample(sorted(remaining), n)
     if strategy == "first":
         return sorted(remaining)[:n]
-    score = "combined" if strategy.startswith("combined") else strategy
+    score = "combined" if strategy.startswith("combined") else STAGE_SCORES.get(strategy, strategy)
     records = {name: scores[name].to_json() for name in remaining}
     candidates = [Candidate(name, score_value(r, score), descriptor(r)) for name, r in records.items()]
     return [c.id for c in rank(candidates, rng, diversity if strategy == "combined" else None, limit=n)]

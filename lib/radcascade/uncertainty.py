@@ -40,6 +40,12 @@ class StudyUncertainty:
     organ_found: bool
     lesions: int
     histogram: tuple[float, ...] = ()  # HU histogram inside the predicted organ (fractions), for diversity
+    # Per stage (``epistemic``/``tta`` are their weighted means, :data:`STAGE_WEIGHTS`); kept so a ranking
+    # can weigh the stages otherwise without scoring again.
+    epistemic_organ: float = 1.0
+    epistemic_lesion: float = 1.0
+    tta_organ: float = 1.0
+    tta_lesion: float = 1.0
 
     def to_json(self) -> dict:
         d = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -68,6 +74,10 @@ class UncertaintyMaps:
     lesion: StageMaps  # at the lesion UNet's spacing, inside the organ crop
     image: torch.Tensor  # [1, X, Y, Z] HU on the cascade's device
     organ_result: object  # the cascade's stage-1 result (reused for the full run)
+
+
+# How much each stage's uncertainty counts in ``epistemic`` and ``tta`` (weights sum to 1).
+STAGE_WEIGHTS = {"organ": 0.5, "lesion": 0.5}
 
 
 # Bin edges (HU) of the organ histogram: fat/air, water-like lesions, parenchyma, enhancing tissue.
@@ -197,8 +207,10 @@ class CascadeUncertainty:
         if maps is None:
             return StudyUncertainty(1.0, 1.0, 1.0, False, 0)
         c = self.cascade
-        epistemic = 0.5 * (maps.organ.aggregate(maps.organ.mc_entropy) + maps.lesion.aggregate(maps.lesion.mc_entropy))
-        tta = 0.5 * (maps.organ.aggregate(maps.organ.tta_spread) + maps.lesion.aggregate(maps.lesion.tta_spread))
+        per_stage = {f"{kind}_{stage}": m.aggregate(m.mc_entropy if kind == "epistemic" else m.tta_spread)
+                     for stage, m in (("organ", maps.organ), ("lesion", maps.lesion)) for kind in ("epistemic", "tta")}
+        epistemic, tta = (sum(w * per_stage[f"{kind}_{stage}"] for stage, w in STAGE_WEIGHTS.items())
+                          for kind in ("epistemic", "tta"))
         image, organ = maps.image, maps.organ_result
         result = c.run(volume, organ=organ)
         cls = 0.0
@@ -208,7 +220,7 @@ class CascadeUncertainty:
             preds = predict_lesions(loaded.network, extract_patches(image[0], volume.spacing, geoms, loaded.checkpoint.patch))
             cls = float(np.mean([p.entropy for p in preds]))
         histogram = organ_histogram(image[0][organ.box.slices], organ.mask)
-        return StudyUncertainty(epistemic, tta, cls, True, len(result.lesions), histogram)
+        return StudyUncertainty(epistemic, tta, cls, True, len(result.lesions), histogram, **per_stage)
 
     @staticmethod
     def _organ_mask_full(organ, shape, device) -> torch.Tensor:
