@@ -8,7 +8,7 @@ from conftest import PRETRAINED, TINY_SHAPE, TINY_SPACING
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
 from radcascade.sample_data import _to_sitk, generate_study
-from radcascade.uncertainty import CascadeUncertainty
+from radcascade.uncertainty import STAGE_WEIGHTS, CascadeUncertainty
 from radcascade.volumes import volume_from_image
 
 
@@ -37,6 +37,12 @@ def test_degraded_study_is_more_uncertain_on_every_score(scorer):
     assert hard.classifier > clear.classifier
     for s in (clear, hard):
         assert 0 <= s.epistemic <= 1 and 0 <= s.tta <= 1 and 0 <= s.classifier <= 1
+        # the stored per-stage values are what the combined scores are the weighted means of
+        for kind in ("epistemic", "tta"):
+            stages = {stage: getattr(s, f"{kind}_{stage}") for stage in STAGE_WEIGHTS}
+            assert all(0 <= v <= 1 for v in stages.values())
+            assert getattr(s, kind) == pytest.approx(sum(STAGE_WEIGHTS[k] * v for k, v in stages.items()))
+        assert s.to_json()["epistemic_lesion"] == round(s.epistemic_lesion, 5)
 
 
 def test_no_organ_found_scores_maximal(scorer):
