@@ -72,8 +72,8 @@ MIN_LESION_ML = 0.1
 TEST_SEED = 9100
 STRATEGIES = ("random", "first", "epistemic", "tta", "classifier", "combined", "combined-nodiv",
               "epistemic-lesion", "tta-lesion")
-# What the benchmark-only strategies rank by: one stage's share of a stored score.
-STAGE_SCORES = {"epistemic-lesion": "epistemic_lesion", "tta-lesion": "tta_lesion"}
+# Benchmark names of a score ranked with the lesion stage's uncertainty only (the app's `--conf al_lesion_weight 1`).
+LESION_ONLY = {"epistemic-lesion": "epistemic", "tta-lesion": "tta"}
 PICKED = "picked_with_lesions"  # pool studies with >= 1 lesion among those labelled so far
 PICKED_LOW_DOSE = "picked_low_dose"
 METRICS = ("organ_dice", "lesion_dice", "detection_recall", "fp_per_study", "classifier_auc")
@@ -210,9 +210,11 @@ def select(strategy: str, remaining: list[str], n: int, rng: random.Random,
         return rng.sample(sorted(remaining), n)
     if strategy == "first":
         return sorted(remaining)[:n]
-    score = "combined" if strategy.startswith("combined") else STAGE_SCORES.get(strategy, strategy)
+    score = "combined" if strategy.startswith("combined") else LESION_ONLY.get(strategy, strategy)
+    lesion_weight = 1.0 if strategy in LESION_ONLY else None
     records = {name: scores[name].to_json() for name in remaining}
-    candidates = [Candidate(name, score_value(r, score), descriptor(r)) for name, r in records.items()]
+    candidates = [Candidate(name, score_value(r, score, lesion_weight=lesion_weight), descriptor(r))
+                  for name, r in records.items()]
     return [c.id for c in rank(candidates, rng, diversity if strategy == "combined" else None, limit=n)]
 
 

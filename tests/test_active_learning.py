@@ -62,6 +62,20 @@ def test_equal_values_are_ordered_at_random_not_by_name():
     assert rank(cands, random.Random(3)) == rank(list(reversed(cands)), random.Random(3))  # input order is irrelevant
 
 
+def test_lesion_weight_reweighs_the_stages():
+    staged = {"epistemic": 0.3, "epistemic_organ": 0.5, "epistemic_lesion": 0.1,
+              "tta": 0.2, "tta_organ": 0.3, "tta_lesion": 0.1, "classifier": 0.6}
+    assert score_value(staged, "epistemic") == 0.3  # the stored weighting
+    assert score_value(staged, "epistemic", lesion_weight=1.0) == pytest.approx(0.1)
+    assert score_value(staged, "tta", lesion_weight=0.25) == pytest.approx(0.75 * 0.3 + 0.25 * 0.1)
+    assert score_value(staged, "classifier", lesion_weight=1.0) == 0.6  # one stage only
+    assert score_value(staged, "combined", lesion_weight=1.0) == pytest.approx((0.1 + 0.1 + 0.5 * 0.6) / 2.5)
+    old = {"epistemic": 0.2, "tta": 0.4, "classifier": 0.8}  # scored before per-stage values were stored
+    assert score_value(old, "epistemic", lesion_weight=1.0) == 0.2
+    with pytest.raises(ValueError):
+        score_value(staged, "epistemic", lesion_weight=1.5)
+
+
 def test_score_values_and_descriptor():
     r = {"epistemic": 0.2, "tta": 0.4, "classifier": 0.8}
     assert score_value(r, "tta") == 0.4

@@ -24,6 +24,17 @@ def test_most_uncertain_unlabelled_first(datastore):
     assert pick["id"] == "study_004"  # study_000 scores higher but is labelled
 
 
+def test_lesion_weight_ranks_by_the_lesion_stage(datastore):
+    # study_004: uncertain organ outline, confident lesions; study_003 the other way round
+    for image_id, (organ, lesion) in {"study_003": (0.1, 0.6), "study_004": (0.9, 0.1)}.items():
+        datastore.update_image_info(image_id, {"uncertainty": {
+            "epistemic": (organ + lesion) / 2, "epistemic_organ": organ, "epistemic_lesion": lesion,
+            "tta": 0.0, "classifier": 0.0}})
+    request = {"strategy": "epistemic", "client_id": "A"}
+    assert MostUncertain("epistemic")(request, datastore)["id"] == "study_004"
+    assert MostUncertain("epistemic", lesion_weight=1.0)(request, datastore)["id"] == "study_003"
+
+
 def test_lease_keeps_a_study_from_a_second_client(datastore):
     strategy = MostUncertain("combined", lease_s=600)
     datastore.update_image_info("study_004", {"strategy": {"combined": {"ts": int(time.time()), "client_id": "A"}}})

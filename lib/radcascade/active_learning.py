@@ -63,14 +63,34 @@ class Candidate:
     descriptor: np.ndarray | None = None
 
 
-def score_value(uncertainty: Mapping | None, score: str, weights: Mapping[str, float] | None = None) -> float | None:
-    """The value of a stored uncertainty record for ``score`` (one of :data:`STRATEGY_SCORES`)."""
+STAGED = ("epistemic", "tta")  # scores also stored per cascade stage (``<score>_organ``, ``<score>_lesion``)
+
+
+def stage_value(uncertainty: Mapping, score: str, lesion_weight: float | None = None) -> float:
+    """``epistemic`` or ``tta`` with the lesion stage weighted ``lesion_weight`` and the organ stage the
+    rest; the stored value (the scorer's own weighting) when ``lesion_weight`` is None or the record
+    predates per-stage values."""
+    if lesion_weight is None or f"{score}_lesion" not in uncertainty:
+        return float(uncertainty[score])
+    return (1.0 - lesion_weight) * float(uncertainty[f"{score}_organ"]) + lesion_weight * float(uncertainty[f"{score}_lesion"])
+
+
+def score_value(uncertainty: Mapping | None, score: str, weights: Mapping[str, float] | None = None,
+                lesion_weight: float | None = None) -> float | None:
+    """The value of a stored uncertainty record for ``score`` (one of :data:`STRATEGY_SCORES`);
+    ``lesion_weight`` re-weighs the stages of ``epistemic`` and ``tta`` (see :func:`stage_value`)."""
     if not uncertainty:
         return None
+    if lesion_weight is not None and not 0.0 <= lesion_weight <= 1.0:
+        raise ValueError("lesion_weight must be in [0, 1]")
+
+    def value(key: str) -> float:
+        return stage_value(uncertainty, key, lesion_weight) if key in STAGED else float(uncertainty[key])
+
     if score != "combined":
-        return float(uncertainty[score])
+        return value(score)
     weights = weights or DEFAULT_WEIGHTS
-    return sum(w * float(uncertainty[k]) for k, w in weights.items()) / sum(weights.values())
+    return sum(w * value(k) for k, w in weights.items()) / sum(weights.values())
 
 
 def descriptor(uncertainty: Mapping | None) -> np.ndarray | None:

@@ -15,6 +15,9 @@
 * ``al_diversity`` (default 0: off), ``al_diversity_radius`` (default 0.1): the ``combined`` strategy's
   penalty for studies close to ones served recently (0 = pure ranking, e.g. 0.5 to turn it on; see
   :mod:`radcascade.active_learning`)
+* ``al_lesion_weight`` (default: as scored, organ and lesion stage 0.5 each): how much the lesion
+  stage counts in the ``epistemic``/``tta`` strategies and in ``combined`` (1 = the lesion stage only);
+  applied when ranking, so changing it needs no new scoring run
 """
 
 from __future__ import annotations
@@ -156,9 +159,13 @@ class RadCascadeApp(MONAILabelApp):
         # Slicer preselects the first: the blend of all uncertainties (random among unscored studies).
         diversity = Diversity(float(self.conf.get("al_diversity", DEFAULT_DIVERSITY.penalty)),
                               float(self.conf.get("al_diversity_radius", DEFAULT_DIVERSITY.radius)))
+        lesion_weight = self.conf.get("al_lesion_weight")
+        lesion_weight = None if lesion_weight in (None, "") else float(lesion_weight)
+        if lesion_weight is not None and not 0.0 <= lesion_weight <= 1.0:
+            raise ValueError(f"al_lesion_weight must be in [0, 1], got {lesion_weight}")
         return {
-            "combined": MostUncertain("combined", diversity=diversity),
-            **{name: MostUncertain(name) for name in ("epistemic", "tta", "classifier")},
+            "combined": MostUncertain("combined", diversity=diversity, lesion_weight=lesion_weight),
+            **{name: MostUncertain(name, lesion_weight=lesion_weight) for name in ("epistemic", "tta", "classifier")},
             "random": RandomUnlabelled(),
             "first": First(),
         }

@@ -57,18 +57,21 @@ class MostUncertain(Strategy):
     """
 
     def __init__(self, score: str, weights: dict[str, float] | None = None, lease_s: int = 600, seed: int | None = None,
-                 diversity: Diversity | None = None, diversity_window_s: int = 3600):
+                 diversity: Diversity | None = None, diversity_window_s: int = 3600, lesion_weight: float | None = None):
         if score not in STRATEGY_SCORES:
             raise ValueError(f"unknown score '{score}'")
         described = f"Most uncertain unlabelled study by '{score}'"
         if diversity is not None and diversity.enabled:
             described += f", diversity penalty {diversity.penalty:g}"
+        if lesion_weight is not None and score != "classifier":
+            described += f", lesion stage weighted {lesion_weight:g}"
         super().__init__(described + " (run /scoring/uncertainty to refresh)")
         self.score = score
         self.weights = weights or dict(DEFAULT_WEIGHTS)
         self.lease_s = lease_s
         self.diversity = diversity
         self.diversity_window_s = diversity_window_s
+        self.lesion_weight = lesion_weight
         self._rng = random.Random(seed)
 
     @staticmethod
@@ -94,7 +97,7 @@ class MostUncertain(Strategy):
             if any(v.get("client_id") != client for v in self._served_since(info, now - self.lease_s)):
                 continue  # leased to another client
             u = info.get(INFO_KEY)
-            candidates.append(Candidate(image, score_value(u, self.score, self.weights), descriptor(u)))
+            candidates.append(Candidate(image, score_value(u, self.score, self.weights, self.lesion_weight), descriptor(u)))
         diverse = self.diversity is not None and self.diversity.enabled
         references = self._recently_served(datastore, now) if diverse and candidates else []
         chosen = pick(candidates, self._rng, int(request.get("top_k", 1)), self.diversity, references)
