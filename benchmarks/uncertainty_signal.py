@@ -62,10 +62,10 @@ def peak(maps: StageMaps, voxels: torch.Tensor, top: float) -> float:
 
 def candidate_scores(scorer: CascadeUncertainty, volume, top: float) -> dict[str, float]:
     maps = scorer.maps(volume)
+    if maps is None:  # no organ found: every score is maximal (as CascadeUncertainty.score)
+        return {**{name: 1.0 for name in STORED}, **{f"{s}-{k}-{a}": 1.0 for s, k in STAGE_KINDS for a in ("mean", "peak")}}
     record = scorer.score(volume, maps).to_json()
     out = {name: score_value(record, name) for name in STORED}
-    if maps is None:
-        return {**out, **{f"{s}-{k}-{a}": 1.0 for s, k in STAGE_KINDS for a in ("mean", "peak")}}
     for stage, kind in STAGE_KINDS:
         m = getattr(maps, stage)
         voxels = m.mc_entropy if kind == "mc" else m.tta_spread

@@ -33,6 +33,8 @@ def test_lesion_weight_ranks_by_the_lesion_stage(datastore):
     request = {"strategy": "epistemic", "client_id": "A"}
     assert MostUncertain("epistemic")(request, datastore)["id"] == "study_004"
     assert MostUncertain("epistemic", lesion_weight=1.0)(request, datastore)["id"] == "study_003"
+    with pytest.raises(ValueError, match="al_lesion_weight"):
+        MostUncertain("epistemic", lesion_weight=1.5)
 
 
 def test_lease_keeps_a_study_from_a_second_client(datastore):

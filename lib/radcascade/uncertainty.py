@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from radcascade.cascade import Cascade
 from radcascade.patches import LesionGeometry, extract_patches
+from radcascade.stages import OrganResult
 from radcascade.preprocessing import normalize_hu, pad_to_multiple, resample, shape_at_spacing
 from radcascade.classifier import predict_lesions
 from radcascade.volumes import Volume
@@ -73,7 +74,7 @@ class UncertaintyMaps:
     organ: StageMaps  # at the organ UNet's coarse spacing, whole volume
     lesion: StageMaps  # at the lesion UNet's spacing, inside the organ crop
     image: torch.Tensor  # [1, X, Y, Z] HU on the cascade's device
-    organ_result: object  # the cascade's stage-1 result (reused for the full run)
+    organ_result: OrganResult  # the cascade's stage-1 result (reused for the full run)
 
 
 # How much each stage's uncertainty counts in ``epistemic`` and ``tta`` (weights sum to 1).

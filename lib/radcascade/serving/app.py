@@ -160,9 +160,7 @@ class RadCascadeApp(MONAILabelApp):
         diversity = Diversity(float(self.conf.get("al_diversity", DEFAULT_DIVERSITY.penalty)),
                               float(self.conf.get("al_diversity_radius", DEFAULT_DIVERSITY.radius)))
         lesion_weight = self.conf.get("al_lesion_weight")
-        lesion_weight = None if lesion_weight in (None, "") else float(lesion_weight)
-        if lesion_weight is not None and not 0.0 <= lesion_weight <= 1.0:
-            raise ValueError(f"al_lesion_weight must be in [0, 1], got {lesion_weight}")
+        lesion_weight = None if lesion_weight in (None, "") else float(lesion_weight)  # checked by MostUncertain
         return {
             "combined": MostUncertain("combined", diversity=diversity, lesion_weight=lesion_weight),
             **{name: MostUncertain(name, lesion_weight=lesion_weight) for name in ("epistemic", "tta", "classifier")},

@@ -60,6 +60,8 @@ class MostUncertain(Strategy):
                  diversity: Diversity | None = None, diversity_window_s: int = 3600, lesion_weight: float | None = None):
         if score not in STRATEGY_SCORES:
             raise ValueError(f"unknown score '{score}'")
+        if lesion_weight is not None and not 0.0 <= lesion_weight <= 1.0:
+            raise ValueError(f"al_lesion_weight must be in [0, 1], got {lesion_weight}")
         described = f"Most uncertain unlabelled study by '{score}'"
         if diversity is not None and diversity.enabled:
             described += f", diversity penalty {diversity.penalty:g}"
