@@ -55,7 +55,8 @@ from radcascade.active_learning import BENCHMARKED_DIVERSITY, Candidate, Diversi
 from radcascade.cascade import Cascade
 from radcascade.classifier import ClassifierConfig, LesionSample, lesion_samples
 from radcascade.classifier_training import train_classifier_from_cases
-from radcascade.evaluation import LesionDetection, classification_metrics, dice, lesion_detection
+from radcascade.evaluation import (LesionDetection, classification_metrics, dice, lesion_detection,
+                                  paired_comparison)
 from radcascade.labels import LabelContract
 from radcascade.networks import UNetSpec
 from radcascade.patches import PatchConfig
@@ -310,6 +311,48 @@ def summarise(rows: list[Row], strategies, rounds: int, low_dose: bool = False) 
     return final, "\n".join(curve)
 
 
+# Metrics compared seed by seed with random, per round and over the curve.
+PAIRED_METRICS = ("lesion_dice", "detection_recall", "organ_dice", "fp_per_study")
+
+
+def paired_table(rows: list[Row], strategies, rounds: int) -> str:
+    """Each strategy minus random on the same seed: per round after round 0, and the mean over those
+    rounds (the area under the learning curve); wins, and one-sided sign / t-test p-values."""
+    by = {(r.strategy, r.round, r.seed): r.metrics for r in rows}
+    seeds = sorted({r.seed for r in rows})
+    later = range(1, rounds + 1)
+
+    def value(strategy, rnd, seed, metric):
+        m = by.get((strategy, rnd, seed))
+        return None if m is None else getattr(m, metric)
+
+    def curve_mean(strategy, seed, metric):
+        v = [value(strategy, r, seed, metric) for r in later]
+        return None if any(x is None for x in v) else float(np.mean(v))
+
+    lines = ["| strategy | metric | " + " | ".join(f"round {r}" for r in later) + f" | rounds 1-{rounds} mean |",
+             "|---|---|" + "---|" * (rounds + 1)]
+    for strategy in [s for s in strategies if s != "random"]:
+        for metric in PAIRED_METRICS:
+            better = metric != "fp_per_study"
+            cells = []
+            for r in later:
+                a = [value(strategy, r, s, metric) for s in seeds]
+                b = [value("random", r, s, metric) for s in seeds]
+                cells.append(_paired_cell(a, b, better))
+            cells.append(_paired_cell([curve_mean(strategy, s, metric) for s in seeds],
+                                      [curve_mean("random", s, metric) for s in seeds], better))
+            lines.append(f"| {strategy} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _paired_cell(method, baseline, higher_is_better: bool) -> str:
+    try:
+        return paired_comparison(method, baseline, higher_is_better).text()
+    except ValueError:
+        return "-"
+
+
 def plot(rows: list[Row], strategies, rounds: int, path: Path) -> None:
     plt = pyplot()
     if plt is None:
@@ -473,7 +516,12 @@ def write_results(stem: Path, record: dict, rows: list[Row]) -> None:
         f"(the app's default until 2026-11-23); `combined-nodiv` the pure ranking (the app's default now)\n\n"
         f"## After the last round ({r['initial'] + rounds * r['per_round']} labelled studies)\n\n"
         f"(k/n): on how many of the n seeds the strategy beat `random` (fp_per_study: lower is better)\n\n"
-        f"{final}\n\n## Learning curves\n\n{curve}\n\n![learning curves]({stem.name}.png)\n")
+        f"{final}\n\n## Paired against random, seed by seed\n\n"
+        f"Strategy minus random on the same seed (fp_per_study: random minus strategy), mean ± std; wins/seeds; "
+        f"one-sided p-values (H1: better than random) of an exact sign test and a paired t-test, not corrected "
+        f"for the {max(len(strategies) - 1, 1)} strategies × {len(PAIRED_METRICS)} metrics × {rounds + 1} columns "
+        f"compared.\n\n{paired_table(rows, strategies, rounds)}\n\n"
+        f"## Learning curves\n\n{curve}\n\n![learning curves]({stem.name}.png)\n")
     plot(rows, strategies, rounds, stem.with_suffix(".png"))
     print(f"wrote {stem}.{{json,md,png}} ({r['minutes']} min)")
 

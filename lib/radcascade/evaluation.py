@@ -80,3 +80,48 @@ def lesion_detection(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.1) 
     iou = inter / (t_size[pairs[0]] + p_size[pairs[1]] - inter)
     hit = iou >= min_iou
     return LesionDetection(nt, len(np.unique(pairs[0][hit])), npred, npred - len(np.unique(pairs[1][hit])))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A method against a baseline on the same seeds (or studies): is it better, and how sure is that?
+
+    ``wins`` counts pairs where the method is strictly better; ties count for neither. The p-values
+    are one-sided (H1: the method is better): an exact sign test over the untied pairs, and a paired
+    t-test (None with fewer than 2 pairs or no spread). Neither is corrected for multiple comparisons.
+    """
+
+    n: int
+    wins: int
+    ties: int
+    mean_difference: float  # method - baseline, signed so that > 0 means better
+    std_difference: float
+    sign_test_p: float
+    t_test_p: float | None
+
+    def text(self, digits: int = 3) -> str:
+        t = "n/a" if self.t_test_p is None else f"{self.t_test_p:.2g}"
+        ties = f", {self.ties} tied" if self.ties else ""
+        return (f"{self.mean_difference:+.{digits}f} ± {self.std_difference:.{digits}f}, {self.wins}/{self.n}{ties} "
+                f"(sign p={self.sign_test_p:.2g}, t p={t})")
+
+
+def paired_comparison(method, baseline, higher_is_better: bool = True) -> PairedComparison:
+    """Compare paired values (same seed or study at the same index); pairs with a None are skipped."""
+    from scipy import stats
+
+    if len(method) != len(baseline):
+        raise ValueError(f"paired values need equal lengths, got {len(method)} and {len(baseline)}")
+    pairs = [(float(m), float(b)) for m, b in zip(method, baseline) if m is not None and b is not None]
+    if not pairs:
+        raise ValueError("no complete pair to compare")
+    sign = 1.0 if higher_is_better else -1.0
+    diff = np.array([sign * (m - b) for m, b in pairs])
+    wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
+    untied = wins + losses
+    sign_p = 1.0 if untied == 0 else float(stats.binomtest(wins, untied, 0.5, alternative="greater").pvalue)
+    t_p = None
+    if len(diff) >= 2 and np.ptp(diff) > 1e-12:  # equal differences (up to rounding): t is undefined
+        t_p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+    return PairedComparison(n=len(pairs), wins=wins, ties=len(pairs) - untied, mean_difference=float(diff.mean()),
+                            std_difference=float(diff.std()), sign_test_p=sign_p, t_test_p=t_p)
