@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -153,6 +154,13 @@ def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -
     val = [cases[i] for i in order[:n_val]]
     train = [cases[i] for i in order[n_val:]]
     return train, val
+
+
+# A study without lesions (a normal one, common on a screening worklist) is a valid case for the lesion
+# stage: its patches come from background only, as they should. MONAI warns about it for every such
+# study, which fills the server's training log with what looks like an error; this one message is muted.
+warnings.filterwarnings("ignore", message=r"Num foregrounds 0, .*unable to generate class balanced samples",
+                        category=UserWarning)
 
 
 def _augment(patch_size, pos_fraction: float, samples: int) -> mt.Compose:
