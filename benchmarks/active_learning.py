@@ -11,7 +11,8 @@ hold-out, see :func:`train_round`) and evaluates the cascade on the test set.
 Pools: by default every study draws 0-5 lesions; ``--lesion-free-pool F`` makes a screening
 worklist (a share F of the pool without lesions); ``--low-dose-pool F`` puts studies of a low-dose
 protocol the starting studies never show into the pool (and, ``--low-dose-test``, the test set).
-``--merge`` writes one report from runs of the same settings on disjoint seeds (one process per core).
+``--merge`` writes one report from runs of the same settings on disjoint seeds (one process per core)
+or with other strategies on the same seeds (their round 0 must agree: checked).
 
 Strategies: ``random``, ``first`` (the next in name order, as MONAI Label's ``First``),
 ``epistemic``, ``tta``, ``classifier``, ``combined`` -- the uncertainty ones score the pool with
@@ -422,7 +423,8 @@ def main() -> None:
                    help="share of the test set from the low-dose protocol (default: as --low-dose-pool)")
     p.add_argument("--quick", action="store_true", help="smoke run")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="write one report (--name) from results files of the same settings on disjoint seeds")
+                   help="write one report (--name) from results files of the same settings (disjoint seeds, or "
+                        "other strategies on shared seeds)")
     p.add_argument("--name", default=None, help="results file stem (default: active_learning[-screening][-quick])")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
@@ -464,29 +466,54 @@ def main() -> None:
     write_results(stem, record, rows)
 
 
-# Fields of a results file that differ between runs of the same experiment on other seeds.
-PER_RUN = ("command", "machine", "date", "minutes", "seeds", "rows", "merged_from")
+# Fields of a results file that differ between runs of the same experiment on other seeds or strategies.
+PER_RUN = ("command", "machine", "date", "minutes", "seeds", "rows", "merged_from", "strategies", "strategy_seeds")
 
 
 def merge(paths: list[Path], stem: Path) -> None:
-    """One report from runs of the same settings on disjoint seeds (e.g. two processes, one per core)."""
+    """One report from runs of the same settings: on disjoint seeds (e.g. two processes, one per
+    core), or other strategies on the same seeds (a strategy added later). Each (strategy, seed) may
+    come from one run only; where runs share a seed, their round 0 (the same starting models) must
+    agree, which checks that the loop is deterministic."""
     parts = [json.loads(p.read_text()) for p in paths]
     settings = [{k: v for k, v in p.items() if k not in PER_RUN} for p in parts]
     for path, other in zip(paths[1:], settings[1:]):
         differ = sorted(k for k in set(other) | set(settings[0]) if other.get(k) != settings[0].get(k))
         if differ:
             raise SystemExit(f"{path} was run with other settings than {paths[0]}: {', '.join(differ)}")
-    seeds = [s for p in parts for s in p["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"the runs share seeds: {seeds}")
-    record = {**parts[0], "seeds": sorted(seeds), "minutes": round(sum(p["minutes"] for p in parts), 1),
+    fields = {f.name for f in dataclasses.fields(Row)} - {"metrics"}
+    metric_fields = {f.name for f in dataclasses.fields(Evaluation)}
+    rows, origin, round0 = [], {}, {}
+    for path, part in zip(paths, parts):
+        for r in part["rows"]:
+            key = (r["strategy"], r["seed"], r["round"])
+            if key in origin:
+                raise SystemExit(f"{r['strategy']} on seed {r['seed']} is in both {origin[key]} and {path.name}")
+            origin[key] = path.name
+            metrics = {k: v for k, v in r.items() if k in metric_fields}
+            if r["round"] == 0:
+                first = round0.setdefault(r["seed"], (path.name, metrics))
+                if first[1] != metrics:
+                    raise SystemExit(f"round 0 of seed {r['seed']} differs between {first[0]} and {path.name}: "
+                                     f"not the same starting models")
+            rows.append(Row(**{k: v for k, v in r.items() if k in fields} | {"picked_low_dose": r.get("picked_low_dose", 0)},
+                            metrics=Evaluation(**metrics)))
+    strategies = [s for s in STRATEGIES if any(s in p["strategies"] for p in parts)]
+    strategy_seeds = {s: sorted({r.seed for r in rows if r.strategy == s}) for s in strategies}
+    record = {**parts[0], "seeds": sorted({r.seed for r in rows}), "strategies": strategies,
+              "minutes": round(sum(p["minutes"] for p in parts), 1),
               "command": " and ".join(f"`{p['command']}`" for p in parts).strip("`"),
               "merged_from": [p.name for p in paths], "date": max(p["date"] for p in parts)}
-    fields = {f.name for f in dataclasses.fields(Row)} - {"metrics"}
-    rows = [Row(**{k: v for k, v in r.items() if k in fields} | {"picked_low_dose": r.get("picked_low_dose", 0)},
-                metrics=Evaluation(**{k: v for k, v in r.items() if k in {f.name for f in dataclasses.fields(Evaluation)}}))
-            for p in parts for r in p["rows"]]
+    if len({tuple(v) for v in strategy_seeds.values()}) > 1:
+        record["strategy_seeds"] = strategy_seeds
     write_results(stem, record, rows)
+
+
+def seeds_text(strategy_seeds: dict | None) -> str:
+    if not strategy_seeds:
+        return ""
+    return ("- seeds per strategy (paired comparisons use the seeds both strategies ran): "
+            + "; ".join(f"`{k}` {v}" for k, v in strategy_seeds.items()) + "\n")
 
 
 def write_results(stem: Path, record: dict, rows: list[Row]) -> None:
@@ -501,6 +528,7 @@ def write_results(stem: Path, record: dict, rows: list[Row]) -> None:
     stem.with_suffix(".md").write_text(
         f"# Active learning: simulated annotation loop (mean ± std over seeds {r['seeds']})\n\n"
         f"- command: `{r['command']}`{parts} ({r['minutes']} min in all, {r['torch_threads']} torch thread(s) each)\n"
+        f"{seeds_text(r.get('strategy_seeds'))}"
         f"- machine: {r['machine']}\n- date: {r['date']}\n"
         f"- studies: generated, {SHAPE} voxels at {SPACING} mm; organ UNet at {ORGAN_SPACING} mm, lesion UNet at "
         f"{LESION_SPACING} mm, both {SMALL_UNET.channels} channels, dropout {SMALL_UNET.dropout}, patches {PATCH}\n"
