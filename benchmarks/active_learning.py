@@ -278,71 +278,78 @@ def run_seed(seed: int, a, test: TestSet, work: Path, contract: LabelContract) -
     return rows
 
 
+LOWER_IS_BETTER = frozenset({"fp_per_study"})
+# Metrics compared seed by seed with random, per round and over the curve.
+PAIRED_METRICS = ("lesion_dice", "detection_recall", "organ_dice", "fp_per_study")
+
+
+class SeedTable:
+    """The rows by (strategy, round, seed); values come aligned to ``seeds``, None where a strategy
+    has no row for a seed (merged runs may cover other seeds per strategy), so pairs stay paired."""
+
+    def __init__(self, rows: list[Row]):
+        self.by = {(r.strategy, r.round, r.seed): r for r in rows}
+        self.seeds = sorted({r.seed for r in rows})
+
+    def values(self, strategy: str, rnd: int, metric: str) -> list:
+        out = []
+        for seed in self.seeds:
+            row = self.by.get((strategy, rnd, seed))
+            if row is None:
+                out.append(None)
+            else:
+                out.append(getattr(row, metric) if metric in (PICKED, PICKED_LOW_DOSE) else getattr(row.metrics, metric))
+        return out
+
+    def curve_means(self, strategy: str, rounds: range, metric: str) -> list:
+        """Per seed, the metric averaged over ``rounds`` (None unless the seed has every round)."""
+        per_round = [self.values(strategy, r, metric) for r in rounds]
+        return [None if any(v is None for v in seed) else float(np.mean(seed)) for seed in zip(*per_round)]
+
+
 def summarise(rows: list[Row], strategies, rounds: int, low_dose: bool = False) -> tuple[str, str]:
     """The final-round table (mean ± std over seeds, and wins over random per seed) and a per-round table."""
-    by = {(r.strategy, r.round, r.seed): r for r in rows}
-    seeds = sorted({r.seed for r in rows})
-
-    def values(strategy, rnd, metric):
-        rows_ = [by[(strategy, rnd, s)] for s in seeds if (strategy, rnd, s) in by]
-        if metric in (PICKED, PICKED_LOW_DOSE):
-            return [getattr(r, metric) for r in rows_]
-        return [getattr(r.metrics, metric) for r in rows_]
-
+    table = SeedTable(rows)
     columns = (PICKED, *METRICS) if not low_dose else (PICKED, PICKED_LOW_DOSE, *METRICS, *LOW_DOSE_METRICS)
     head = "| strategy | " + " | ".join(columns) + " |"
     lines = [head, "|---|" + "---|" * len(columns)]
     for strategy in strategies:
         cells = []
         for m in columns:
-            cell = mean_std(values(strategy, rounds, m))
+            cell = mean_std(table.values(strategy, rounds, m))
             if strategy != "random":
-                pairs = [(x, y) for x, y in zip(values(strategy, rounds, m), values("random", rounds, m))
-                         if x is not None and y is not None]
-                better = sum((x < y) if m == "fp_per_study" else (x > y) for x, y in pairs)
-                cell += f" ({better}/{len(pairs)})"
+                try:
+                    c = paired_comparison(table.values(strategy, rounds, m), table.values("random", rounds, m),
+                                          higher_is_better=m not in LOWER_IS_BETTER)
+                    cell += f" ({c.wins}/{c.n})"
+                except ValueError:  # no seed with both
+                    cell += " (0/0)"
             cells.append(cell)
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     final = "\n".join(lines)
     curve = ["| strategy | metric | " + " | ".join(f"round {r}" for r in range(rounds + 1)) + " |",
              "|---|---|" + "---|" * (rounds + 1)]
     for strategy in strategies:
-        for m in [c for c in columns if c not in ("fp_per_study",)]:
-            curve.append(f"| {strategy} | {m} | " + " | ".join(mean_std(values(strategy, r, m)) for r in range(rounds + 1)) + " |")
+        for m in [c for c in columns if c not in LOWER_IS_BETTER]:
+            curve.append(f"| {strategy} | {m} | "
+                         + " | ".join(mean_std(table.values(strategy, r, m)) for r in range(rounds + 1)) + " |")
     return final, "\n".join(curve)
-
-
-# Metrics compared seed by seed with random, per round and over the curve.
-PAIRED_METRICS = ("lesion_dice", "detection_recall", "organ_dice", "fp_per_study")
 
 
 def paired_table(rows: list[Row], strategies, rounds: int) -> str:
     """Each strategy minus random on the same seed: per round after round 0, and the mean over those
     rounds (the area under the learning curve); wins, and one-sided sign / t-test p-values."""
-    by = {(r.strategy, r.round, r.seed): r.metrics for r in rows}
-    seeds = sorted({r.seed for r in rows})
+    table = SeedTable(rows)
     later = range(1, rounds + 1)
-
-    def value(strategy, rnd, seed, metric):
-        m = by.get((strategy, rnd, seed))
-        return None if m is None else getattr(m, metric)
-
-    def curve_mean(strategy, seed, metric):
-        v = [value(strategy, r, seed, metric) for r in later]
-        return None if any(x is None for x in v) else float(np.mean(v))
-
     lines = ["| strategy | metric | " + " | ".join(f"round {r}" for r in later) + f" | rounds 1-{rounds} mean |",
              "|---|---|" + "---|" * (rounds + 1)]
     for strategy in [s for s in strategies if s != "random"]:
         for metric in PAIRED_METRICS:
-            better = metric != "fp_per_study"
-            cells = []
-            for r in later:
-                a = [value(strategy, r, s, metric) for s in seeds]
-                b = [value("random", r, s, metric) for s in seeds]
-                cells.append(_paired_cell(a, b, better))
-            cells.append(_paired_cell([curve_mean(strategy, s, metric) for s in seeds],
-                                      [curve_mean("random", s, metric) for s in seeds], better))
+            better = metric not in LOWER_IS_BETTER
+            cells = [_paired_cell(table.values(strategy, r, metric), table.values("random", r, metric), better)
+                     for r in later]
+            cells.append(_paired_cell(table.curve_means(strategy, later, metric),
+                                      table.curve_means("random", later, metric), better))
             lines.append(f"| {strategy} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -498,7 +505,7 @@ def merge(paths: list[Path], stem: Path) -> None:
                                      f"not the same starting models")
             rows.append(Row(**{k: v for k, v in r.items() if k in fields} | {"picked_low_dose": r.get("picked_low_dose", 0)},
                             metrics=Evaluation(**metrics)))
-    strategies = [s for s in STRATEGIES if any(s in p["strategies"] for p in parts)]
+    strategies = list(dict.fromkeys(s for p in parts for s in p["strategies"]))  # in the runs' order
     strategy_seeds = {s: sorted({r.seed for r in rows if r.strategy == s}) for s in strategies}
     record = {**parts[0], "seeds": sorted({r.seed for r in rows}), "strategies": strategies,
               "minutes": round(sum(p["minutes"] for p in parts), 1),
