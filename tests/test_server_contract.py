@@ -98,8 +98,10 @@ def test_infer_cascade_returns_contract_label_on_image_geometry(client, server):
     assert set(np.unique(label)) <= {0, 1, 2, 3}
     assert (label == 1).sum() > 0, "the starting weights should find the organ"
     assert result["label_names"] == {"background": 0, "liver": 1, "lesion benign": 2, "lesion malignant": 3}
+    # Next sample may have run the cascade already: then the stored answer comes back with its timings
+    latencies = result["computed_latencies"] if result["cached"] else result["latencies"]
     for stage in ("load", "organ", "lesion", "write", "total"):
-        assert result["latencies"][stage] >= 0
+        assert latencies[stage] >= 0
     assert result["provisional_classes"] is False  # the committed classifier classifies every lesion
     for lesion in result["lesions"]:
         assert lesion["volume_ml"] > 0 and len(lesion["centroid_mm"]) == 3 and lesion["id"] >= 1
@@ -187,7 +189,7 @@ def test_train_publishes_new_weights_used_by_next_infer(client, server):
         client.train_start(stage, {"max_epochs": 1})
         status = _wait_training(client)
         assert status["status"] == "DONE", status
-        stats = client.info()["train_stats"][stage]
+        stats = client.info()["train_details"][stage]
         assert stats["status"] == "DONE" and stats["epochs_done"] == 1
         assert stats["start_ts"] >= t_start and stats["published"] is True
         # the labels saved through the API are part of the training set
@@ -195,7 +197,7 @@ def test_train_publishes_new_weights_used_by_next_infer(client, server):
     client.train_start("classifier", {"mode": "features"})
     status = _wait_training(client)
     assert status["status"] == "DONE", status
-    stats = client.info()["train_stats"]["classifier"]
+    stats = client.info()["train_details"]["classifier"]
     assert stats["status"] == "DONE" and stats["mode"] == "features" and stats["start_ts"] >= t_start
     assert _most_lesions(server).name in stats["train_studies"] + stats["val_studies"]
     assert not set(stats["train_studies"]) & set(stats["val_studies"])

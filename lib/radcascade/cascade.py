@@ -44,6 +44,8 @@ class LesionFinding:
     extent_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     probabilities: dict[str, float] = field(default_factory=dict)  # classifier, per class name
     uncertainty: dict[str, float] = field(default_factory=dict)
+    model_class: str | None = None  # the classifier's choice (None: no trained classifier)
+    drawn_class: str | None = None  # the class a radiologist painted (classify on a submitted label)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -156,8 +158,13 @@ class Cascade:
         organ_ml = float(organ_mask.sum()) * voxel_ml
         return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
 
-    def relabel(self, volume: Volume, label: np.ndarray) -> CascadeResult:
-        """Re-classify the lesions of a (corrected) contract-valued label; outlines stay as drawn."""
+    def relabel(self, volume: Volume, label: np.ndarray, keep_drawn_classes: bool = False) -> CascadeResult:
+        """Classify the lesions of a (corrected) contract-valued label; outlines stay as drawn.
+
+        With ``keep_drawn_classes`` each lesion keeps the class it was painted with and the classifier's
+        opinion is reported beside it (``model_class``, a note per disagreement); otherwise the
+        classifier's class is painted and every class it changed is named in the notes.
+        """
         t0 = time.perf_counter()
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         out = np.where(label >= 1, ORGAN_VALUE, 0).astype(np.uint8)
@@ -167,15 +174,38 @@ class Cascade:
         objects = ndimage.find_objects(components)
         findings = [self._finding(i, comp, objects[comp - 1], components, ones, whole, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
+        drawn = [self._drawn_value(label[objects[comp - 1]], components[objects[comp - 1]] == comp) for comp in kept]
+        for f, value in zip(findings, drawn):
+            f.drawn_class = self.contract.name_of(value)
         latencies = {"postprocess": time.perf_counter() - t0}
         image = torch.from_numpy(volume.array).to(self.device)
         classified = self._classify(image, volume, findings, latencies) if findings else True
-        if not classified:
+        notes: list[str] = []
+        if not classified and not keep_drawn_classes:
             raise StageUntrainedError(f"classifier stage is untrained: {self.classifier_model.problem if self.classifier_model else 'not configured'}")
-        for f, comp in zip(findings, kept):
-            out[components == comp] = f.value
+        if not classified:
+            notes.append("no trained classifier: classes kept as drawn, no model opinion")
+        for f, value, comp in zip(findings, drawn, kept):
+            region = components == comp
+            if keep_drawn_classes:
+                f.value, f.class_name = value, self.contract.name_of(value)
+                if f.model_class is not None and f.model_class != f.drawn_class:
+                    notes.append(f"lesion {f.id}: kept as drawn ('{f.drawn_class}'); the classifier says "
+                                 f"'{f.model_class}' (p={f.probabilities.get(f.model_class, 0):.2f})")
+            else:
+                changed = int(np.count_nonzero(region & (label != f.value)))
+                if changed:
+                    notes.append(f"lesion {f.id}: {changed} voxels changed to '{f.class_name}' by the classifier "
+                                 f"(drawn as '{f.drawn_class}')")
+            out[region] = f.value
         return CascadeResult(out, bool((label >= 1).any()), float((label >= 1).sum()) * voxel_ml, findings, latencies,
-                             provisional_classes=False)
+                             provisional_classes=False, notes=notes)
+
+    @staticmethod
+    def _drawn_value(label_box: np.ndarray, region: np.ndarray) -> int:
+        """The lesion class value painted on most of a lesion's voxels."""
+        values = label_box[region].astype(np.int64)
+        return int(np.bincount(values[values >= FIRST_LESION_VALUE]).argmax())
 
     def saliency(self, volume: Volume, findings: list[LesionFinding]):
         """Grad-CAM of each lesion's predicted class (uint8 volume, canonical) and the peaks."""
@@ -231,7 +261,7 @@ class Cascade:
             predictions = predict_lesions(loaded.network, patches)
         for f, p in zip(findings, predictions):
             name = ckpt.classes[p.class_index]
-            f.class_name = name
+            f.class_name = f.model_class = name
             f.value = self.contract.value_of(name)
             f.probabilities = {n: round(float(q), 4) for n, q in zip(ckpt.classes, p.probabilities)}
             f.uncertainty = {"entropy": round(p.entropy, 4), "view_disagreement": round(p.view_disagreement, 4)}

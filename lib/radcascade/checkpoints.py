@@ -18,7 +18,7 @@ import time
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -56,14 +56,18 @@ def publish_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     return atomic_torch_save(ckpt.to_payload(), path)
 
 
-def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
+
+    Readers see the old file or the whole new one, never half of it; on any error the temporary
+    file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -72,6 +76,16 @@ def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically."""
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 text to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def remove_stale_model_temporaries(model_dir: str | os.PathLike, older_than_s: float = 3600) -> int:
@@ -93,18 +107,8 @@ def remove_stale_model_temporaries(model_dir: str | os.PathLike, older_than_s: f
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON through a temporary file and a rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (readers never see half a file)."""
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

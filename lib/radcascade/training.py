@@ -3,7 +3,7 @@
 Both recipes: read (image, label) pairs, map submitted labels to contract values **by name**,
 cache the preprocessed volumes in memory, train with augmentation (flips, small rotations,
 intensity shift/scale, noise), validate on a held-out split of studies, and publish the best
-model atomically.  Progress is written to a small JSON file that ``/info`` ``train_stats`` shows.
+model atomically.  Progress is written to a small JSON file that ``/info`` shows (``train_details``; ``train_stats`` is its Slicer-readable summary).
 
 CLI (trains the committed starting weights on generated data)::
 

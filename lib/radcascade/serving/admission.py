@@ -211,10 +211,11 @@ def install_nonblocking_routes(app, gate: Admission) -> list[str]:
     """Threaded twins for the endpoints that do heavy work: inference (admitted through ``gate``),
     label and image uploads (validated and written in full), and in-server scoring."""
     from monailabel.config import settings
-    from monailabel.endpoints import datastore, infer, scoring
+    from monailabel.endpoints import activelearning, datastore, infer, scoring
 
-    return replace_routes(app, [infer.router, datastore.router, scoring.router], {
+    return replace_routes(app, [infer.router, datastore.router, scoring.router, activelearning.router], {
         ("POST", "/infer/{model}"): (infer.run_inference, gate),
+        ("POST", "/activelearning/{strategy}"): (activelearning.sample, None),  # may run the cascade
         ("PUT", "/datastore/label"): (datastore.save_label, None),
         ("PUT", "/datastore/image"): (datastore.add_image, None),
         ("POST", "/scoring/{method}"): (scoring.run_method, None),

@@ -22,11 +22,10 @@
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict
@@ -42,13 +41,21 @@ from monailabel.tasks.activelearning.first import First
 
 from radcascade.active_learning import DEFAULT_DIVERSITY, Diversity
 from radcascade.cascade import Cascade
-from radcascade.checkpoints import remove_stale_model_temporaries
+from radcascade.checkpoints import atomic_write, remove_stale_model_temporaries
 from radcascade.labels import LabelContract
 from radcascade.serving.admission import Admission, AdmissionPolicy, install_nonblocking_routes
 from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
 from radcascade.patches import PatchConfig
-from radcascade.serving.infer import CascadeInferTask, ClassifyInferTask, LesionInferTask, OrganInferTask
+from radcascade.serving.infer import (
+    CascadeInferTask,
+    ClassifyInferTask,
+    LesionInferTask,
+    OrganInferTask,
+    SaliencyInferTask,
+)
+from radcascade.serving.reports import ReportStore, report_router
+from radcascade.serving.slicer_view import slicer_train_stats
 from radcascade.serving.scoring import UncertaintyScoring
 from radcascade.serving.strategies import MostUncertain, RandomUnlabelled
 from radcascade.serving.train import ClassifierTrainTask, StageTrainTask
@@ -63,16 +70,30 @@ MODEL_FILES = (*STAGES, "classifier")
 
 
 def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
-    """Copy the committed starting weights into the model folder where a stage has none yet."""
+    """Copy the committed starting weights, with the statistics they were trained with (what Slicer's
+    accuracy bar shows), into the model folder where a stage has none yet."""
     model_dir.mkdir(parents=True, exist_ok=True)
     for stage in MODEL_FILES:
         src, dst = pretrained_dir / f"{stage}.pt", model_dir / f"{stage}.pt"
-        if src.exists() and not dst.exists():
-            fd, tmp = tempfile.mkstemp(prefix=f".{stage}.", suffix=".tmp", dir=model_dir)
-            os.close(fd)
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+        stats_src, stats_dst = src.with_suffix(".stats.json"), dst.with_suffix(".stats.json")
+        if not src.exists():
+            continue
+        if not dst.exists():
+            atomic_write(dst, lambda f, src=src: f.write(src.read_bytes()))
             logger.info("installed starting weights %s -> %s", src, dst)
+        if stats_src.exists() and not stats_dst.exists() and filecmp.cmp(src, dst, shallow=False):
+            atomic_write(stats_dst, lambda f, s=stats_src: f.write(s.read_bytes()))
+
+
+def running_trainer() -> str | None:
+    """The trainer MONAI Label is running now (in this server process), if any."""
+    from monailabel.utils.async_tasks.utils import processes, tasks
+
+    running = set(processes("train"))
+    for task in tasks("train"):
+        if task.get("id") in running and task.get("status") == "RUNNING":
+            return (task.get("request") or {}).get("model")
+    return None
 
 
 class RadCascadeApp(MONAILabelApp):
@@ -136,15 +157,22 @@ class RadCascadeApp(MONAILabelApp):
 
     def init_infers(self) -> Dict[str, InferTask]:
         # Order matters: Slicer runs the first model on "Next sample".
+        reports = ReportStore.for_studies(self.studies) if not self._remote_studies() else None
+        common = {"max_voxels": self.max_voxels, "datastore": self.datastore, "reports": reports}
         return {
-            "cascade": CascadeInferTask(self.cascade, "Organ, lesions inside it, and each lesion's class",
-                                        self.max_voxels, self.datastore),
-            "organ": OrganInferTask(self.cascade, "Stage 1: organ on the whole volume at coarse spacing", self.max_voxels),
-            "lesion": LesionInferTask(self.cascade, "Stage 2: lesions in the organ box at fine spacing "
-                                      "(organ from an uploaded label when given)", self.max_voxels),
-            "classify": ClassifyInferTask(self.cascade, "Stage 3: re-classify the lesions of the submitted (or "
-                                          "uploaded) label; outlines kept as drawn", self.max_voxels, self.datastore),
+            "cascade": CascadeInferTask(self.cascade, "Organ, lesions inside it, and each lesion's class", **common),
+            "organ": OrganInferTask(self.cascade, "Stage 1: organ on the whole volume at coarse spacing "
+                                    "(replaces only the organ segment)", **common),
+            "lesion": LesionInferTask(self.cascade, "Stage 2: lesions inside the submitted (corrected) organ, else "
+                                      "the organ stage's; replaces only the lesion segments", **common),
+            "classify": ClassifyInferTask(self.cascade, "Stage 3: classes for the lesions of the submitted label "
+                                          "(outlines and, by default, drawn classes kept)", **common),
+            "saliency": SaliencyInferTask(self.cascade, "Where the classifier looked: Grad-CAM bands per lesion "
+                                          "(an overlay: delete before Submit)", **common),
         }
+
+    def _remote_studies(self) -> bool:
+        return str(self.studies).startswith(("http://", "https://"))
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         tasks: Dict[str, TrainTask] = {
@@ -179,10 +207,17 @@ class RadCascadeApp(MONAILabelApp):
             replaced = install_nonblocking_routes(server.app, self.admission)
             logger.info("off the event loop: %s; inference admission %s", ", ".join(replaced),
                         self.admission.policy)
+            if not self._remote_studies():
+                server.app.include_router(report_router(lambda: ReportStore.for_studies(self.studies)))
+                server.app.openapi_schema = None
 
     def info(self):
         info = super().info()
         info["admission"] = {**asdict(self.admission.policy), **asdict(self.admission.stats())}
+        # Slicer's module reads only the first train_stats entry and raises on a null metric.
+        info["train_details"] = info.get("train_stats", {})
+        info["train_stats"] = slicer_train_stats(
+            [task.state(name) for name, task in self._trainers.items()], running_trainer())
         return info
 
     # -- request checks the stock app leaves out --------------------------------------------------
@@ -190,6 +225,10 @@ class RadCascadeApp(MONAILabelApp):
         model = request.get("model")
         if model not in self._infers:
             raise client_error(404, f"unknown model '{model}' (this app serves: {', '.join(self._infers)})")
+        device = request.get("device")
+        if device not in (None, "") and str(device) != str(self.cascade.device):
+            raise client_error(422, f"this server runs its models on '{self.cascade.device}' (chosen at start with "
+                                    f"--conf device); a request cannot move them to '{device}'")
         image = request.get("image")
         if isinstance(image, str) and not os.path.exists(image):
             (datastore or self.datastore()).require_image(image)
@@ -207,7 +246,21 @@ class RadCascadeApp(MONAILabelApp):
         if not res or not res.get("id"):
             return {}
         res["path"] = self.datastore().get_image_uri(res["id"])
+        self._precompute_original(res["id"])
         return res
+
+    def _precompute_original(self, image_id: str) -> None:
+        """Keep the cascade's answer as the study's ``original`` label, so that Slicer shows it on
+        Next sample even with its "Auto-Run Pre-Trained Model" setting off (a fresh profile's default);
+        with auto-run on, the cascade request that follows is answered from that copy."""
+        cascade = self._infers.get("cascade")
+        if self._remote_studies() or not isinstance(cascade, CascadeInferTask):
+            return
+        try:
+            with self.admission.admit("next-sample inference"):
+                cascade.precompute_original(image_id)
+        except Exception as e:  # noqa: BLE001 - Next sample still answers; Slicer can run the cascade itself
+            logger.warning("next sample: no cascade result kept for %s: %s", image_id, e)
 
     def train(self, request):
         model = request.get("model")

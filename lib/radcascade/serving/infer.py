@@ -1,15 +1,24 @@
-"""Infer tasks: ``cascade`` (organ -> lesions -> classes, registered first), ``organ``, ``lesion``
-and ``classify`` (classes for the lesions of a corrected label).
+"""Infer tasks: ``cascade`` (organ -> lesions -> classes, registered first), ``organ``, ``lesion``,
+``classify`` (classes for the lesions of a corrected label) and ``saliency`` (where the classifier
+looked, as segments).
 
 All share one :class:`~radcascade.cascade.Cascade`, so the networks are loaded once and stay
 warm; a republished model file is picked up on the next request (one ``stat`` per request).
+
+What each answer *names* matters in 3D Slicer: the module replaces exactly the segments named in
+``label_names`` (label value *i* goes to the *i*-th name by value), so ``organ`` names only the
+organ and ``lesion`` only the lesion classes (values 1..K in its file): re-running one stage leaves
+the other stage's segments, and the user's edits to them, alone.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -19,26 +28,62 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from radcascade.cascade import Cascade, CascadeResult
-from radcascade.labels import ORGAN_VALUE
+from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
 from radcascade.preprocessing import BoundingBox
 from radcascade.serving.errors import as_http_errors, client_error
+from radcascade.serving.reports import ReportStore
+from radcascade.serving.slicer_view import first_of
 from radcascade.stages import OrganResult
 from radcascade.volumes import Volume, atomic_write_image, label_image_like, load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
 
 
+ORIGINAL_TAG = "original"  # MONAI Label's tag for a model's first prediction; Slicer shows it on Next sample
+ATTENTION_BANDS = {"attention high": (170, 1), "attention medium": (85, 2)}  # name: (min saliency 0-255, value)
+
+_results_lock = threading.Lock()
+_results_dir: str | None = None
+
+
+def results_dir() -> str:
+    """A private folder for answers, removed when the server exits.
+
+    MONAI Label's client saves an answer under the server's file *name* in its own temp folder; a
+    client on the same host writing into the folder where the server deletes its copy after
+    answering would lose the result, so the server never writes answers into the shared temp folder.
+    """
+    global _results_dir
+    with _results_lock:
+        if _results_dir is None or not os.path.isdir(_results_dir):
+            _results_dir = tempfile.mkdtemp(prefix="radcascade-results-")
+            atexit.register(shutil.rmtree, _results_dir, True)
+        return _results_dir
+
+
 def write_result(label: np.ndarray, volume: Volume) -> str:
     """Write a canonical label map back onto the image's original geometry, in a temporary file."""
-    fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=".nii.gz")
+    fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=".nii.gz", dir=results_dir())
     os.close(fd)
     atomic_write_image(label_image_like(label, volume), path)
     return path
 
 
-def _wants(request: dict, key: str) -> bool:
-    v = request.get(key, False)
+def _wants(request: dict, key: str, default: bool = False) -> bool:
+    v = first_of(request.get(key, default))
+    if v in (None, ""):
+        return default
     return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def renumber(label: np.ndarray, names: Dict[str, int]) -> tuple[np.ndarray, Dict[str, int]]:
+    """Keep only the contract values in ``names`` and number them 1..n (Slicer's positional mapping)."""
+    lut = np.zeros(max(256, int(label.max()) + 1), dtype=np.uint8)
+    out_names = {}
+    for i, (name, value) in enumerate(sorted(names.items(), key=lambda kv: kv[1]), start=1):
+        lut[value] = i
+        out_names[name] = i
+    return lut[label], out_names
 
 
 class _Saliency:
@@ -65,17 +110,21 @@ class _CascadeTask(_Saliency, InferTask):
     """Common part: honest description, loading the request's image with validation."""
 
     stage_names: tuple[str, ...] = ()
+    #: options shown in Slicer's Options panel (a list is a drop-down; its first item is sent)
+    options: Dict[str, Any] = {}
 
-    def __init__(self, cascade: Cascade, description: str, max_voxels: int, datastore=None):
+    def __init__(self, cascade: Cascade, description: str, max_voxels: int, datastore=None,
+                 reports: ReportStore | None = None):
         self.cascade = cascade
         self.max_voxels = max_voxels
         self.datastore = datastore
+        self.reports = reports
         super().__init__(
             type=InferType.SEGMENTATION,
             labels=self._labels(),
             dimension=3,
             description=description,
-            config={"device": str(cascade.device)},
+            config=dict(self.options),
         )
         self._base_description = description
 
@@ -107,35 +156,106 @@ class _CascadeTask(_Saliency, InferTask):
         with as_http_errors(f"image '{Path(path).name}'"):
             return load_volume(path, self.max_voxels)
 
+    def _image_id(self, request: dict) -> str | None:
+        image_id = request.get("image_id")
+        return image_id if isinstance(image_id, str) and image_id and self.datastore is not None else None
+
+    def _submitted_label(self, request: dict) -> str | None:
+        """The study's submitted (final) label, if it has one."""
+        image_id = self._image_id(request)
+        return self.datastore().get_label_uri(image_id, "final") or None if image_id else None
+
+    def model_versions(self) -> Dict[str, Any]:
+        return {name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
+                for name in self.stage_names if name in self._models()}
+
     def _respond(self, volume: Volume, result: CascadeResult, t0: float, latencies: dict,
-                 request: dict | None = None) -> Tuple[str, Dict]:
+                 request: dict | None = None, label_names: Dict[str, int] | None = None) -> Tuple[str, Dict]:
+        """Write the label (only ``label_names``' values, renumbered 1..n, when given) and the answer."""
+        request = request or {}
         t1 = time.perf_counter()
-        path = write_result(result.label, volume)
+        label = result.label
+        if label_names is not None:
+            label, label_names = renumber(label, label_names)
+        path = write_result(label, volume)
         result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
-        saliency = self._saliency(volume, result, request or {})
+        saliency = self._saliency(volume, result, request)
         result.latencies_s["total"] = time.perf_counter() - t0
         out = result.to_json(self.cascade.contract)
+        if label_names is not None:
+            out["label_names"] = {"background": 0, **label_names}
         if saliency is not None:
             out["saliency"] = saliency
-        out["models"] = {
-            name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
-            for name in self.stage_names if name in self._models()
-        }
+        out["models"] = self.model_versions()
+        image_id = self._image_id(request)
+        if image_id and self.reports is not None and out.get("lesions") is not None:
+            out["report"] = self.reports.save(image_id, self.__class__.__name__, out)
         return path, out
 
 
 class CascadeInferTask(_CascadeTask):
-    """Organ, then lesions, then their classes, in one request, on one in-memory image."""
+    """Organ, then lesions, then their classes, in one request, on one in-memory image.
+
+    Its answer on a datastore study is also kept as the study's ``original`` label (what Slicer
+    loads on Next sample even when its auto-run setting is off); a later request with the same
+    models is answered from that copy instead of running the networks again.
+    """
 
     stage_names = ("organ", "lesion", "classifier")
 
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
+        if not _wants(request, "saliency") and (cached := self._from_original(request, t0)) is not None:
+            return cached
         volume = self._load(request)
         load_s = time.perf_counter() - t0
         with as_http_errors():
             result = self.cascade.run(volume)
-        return self._respond(volume, result, t0, {"load": load_s}, request)
+        path, out = self._respond(volume, result, t0, {"load": load_s}, request)
+        out["cached"] = False
+        if image_id := self._image_id(request):
+            self._keep_original(image_id, path, out)
+        return path, out
+
+    def precompute_original(self, image_id: str) -> bool:
+        """Run the cascade on a study unless its ``original`` label is already from the current models."""
+        if self._original_info(image_id) is not None:
+            return False
+        path, _ = self({"image": self.datastore().get_image_uri(image_id), "image_id": image_id})
+        Path(path).unlink(missing_ok=True)
+        return True
+
+    def _original_info(self, image_id: str) -> dict | None:
+        store = self.datastore()
+        info = store.get_label_info(image_id, ORIGINAL_TAG) if store.get_label_uri(image_id, ORIGINAL_TAG) else None
+        result = (info or {}).get("result")
+        if not isinstance(result, dict) or result.get("models") != self.model_versions():
+            return None
+        return info
+
+    def _from_original(self, request: dict, t0: float) -> Tuple[str, Dict] | None:
+        image_id = self._image_id(request)
+        info = self._original_info(image_id) if image_id else None
+        if info is None:
+            return None
+        fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=".nii.gz", dir=results_dir())
+        os.close(fd)
+        shutil.copyfile(self.datastore().get_label_uri(image_id, ORIGINAL_TAG), path)
+        out = dict(info["result"])
+        out["computed_latencies"] = out.get("latencies", {})  # of the run that made the stored answer
+        out["latencies"] = {"total": round(time.perf_counter() - t0, 4)}
+        out["cached"] = True
+        out["notes"] = [*out.get("notes", []), "answered from the study's stored cascade result (same models)"]
+        return path, out
+
+    def _keep_original(self, image_id: str, path: str, out: dict) -> None:
+        try:
+            self.datastore().save_label(image_id, path, ORIGINAL_TAG, {
+                "params": {"label_names": out["label_names"]},  # what Slicer reads on Next sample
+                "result": out,
+            })
+        except Exception as e:  # noqa: BLE001 - the answer stands even if the copy cannot be kept
+            logger.warning("could not keep the cascade result of %s as its original label: %s", image_id, e)
 
 
 class OrganInferTask(_CascadeTask):
@@ -160,56 +280,116 @@ class OrganInferTask(_CascadeTask):
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         result = CascadeResult(label, organ.found, float((label > 0).sum()) * voxel_ml, [], {"organ": organ.latency_s},
                                provisional_classes=False)
-        return self._respond(volume, result, t0, {"load": load_s})
+        return self._respond(volume, result, t0, {"load": load_s}, request, label_names=self._labels())
 
 
 class LesionInferTask(_CascadeTask):
-    """Stage 2: lesions inside the organ; the organ comes from an uploaded label if one is sent
-    (e.g. a corrected organ), otherwise from stage 1."""
+    """Stage 2: lesions inside the organ, answered as lesion segments only (the organ segment and
+    its edits stay as they are in Slicer).
 
-    stage_names = ("organ", "lesion")
+    The organ comes from, in order: a label uploaded with the request; with ``organ_from`` =
+    ``submitted label`` (default) the organ of the study's submitted label; else stage 1.
+    """
+
+    stage_names = ("organ", "lesion", "classifier")
+    options = {"organ_from": ["submitted label", "organ stage"]}
+
+    def _labels(self) -> Dict[str, int]:
+        contract = self.cascade.contract
+        return {name: contract.value_of(name) for name in contract.lesion_classes}
+
+    def __call__(self, request) -> Tuple[str, Dict]:
+        t0 = time.perf_counter()
+        volume = self._load(request)
+        load_s = time.perf_counter() - t0
+        label_path, source = request.get("label"), "the uploaded label"
+        if not (label_path and Path(label_path).exists()):
+            label_path, source = None, None
+            if first_of(request.get("organ_from")) in (None, "", "submitted label"):
+                label_path, source = self._submitted_label(request), "the submitted label"
+        with as_http_errors():
+            if label_path:
+                organ_mask = self.cascade.contract.organ_mask(load_label_for(label_path, volume))
+                box = BoundingBox.of_mask(organ_mask)
+                if box is None:
+                    raise client_error(422, f"{source} has no organ voxels")
+                device = self.cascade.device
+                organ = OrganResult(box, torch.from_numpy(organ_mask[box.slices]).to(device), 0.0)
+                result = self.cascade.run(volume, organ=organ)
+                result.notes.append(f"organ taken from {source}")
+            else:
+                result = self.cascade.run(volume)
+                result.notes.append("organ from the organ stage")
+        return self._respond(volume, result, t0, {"load": load_s}, request, label_names=self._labels())
+
+
+class ClassifyInferTask(_CascadeTask):
+    """Stage 3 on a corrected label: lesion outlines as drawn, each lesion's class from the classifier.
+
+    The label is the one uploaded with the request, else the study's submitted label, else the
+    cascade's own result.  With ``keep_drawn_classes`` (default, shown as a check box in Slicer) a
+    class the radiologist painted is never overwritten: the classifier's opinion is reported beside
+    it and each disagreement is named in the notes.
+    """
+
+    stage_names = ("classifier",)
+    options = {"keep_drawn_classes": True}
 
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
         volume = self._load(request)
         load_s = time.perf_counter() - t0
         label_path = request.get("label")
-        with as_http_errors():
-            if label_path and Path(label_path).exists():
-                organ_mask = self.cascade.contract.organ_mask(load_label_for(label_path, volume))
-                box = BoundingBox.of_mask(organ_mask)
-                if box is None:
-                    raise client_error(422, "the uploaded label has no organ voxels")
-                device = self.cascade.device
-                organ = OrganResult(box, torch.from_numpy(organ_mask[box.slices]).to(device), 0.0)
-                result = self.cascade.run(volume, organ=organ)
-                result.notes.append("organ taken from the uploaded label")
+        label_info = request.get("label_info")
+        if not (label_path and Path(label_path).exists()):
+            label_path, label_info = self._submitted_label(request), None  # stored in contract values
+        keep = _wants(request, "keep_drawn_classes", default=True)
+        with as_http_errors("label"):
+            if label_path:
+                raw = load_label_for(label_path, volume)
+                label = self.cascade.contract.remap_by_name(raw, label_info)
+                result = self.cascade.relabel(volume, label, keep_drawn_classes=keep)
             else:
                 result = self.cascade.run(volume)
-        return self._respond(volume, result, t0, {"load": load_s})
+                result.notes.append("no submitted label for this study: classified the cascade's own lesions")
+        return self._respond(volume, result, t0, {"load": load_s}, request)
 
 
-class ClassifyInferTask(_CascadeTask):
-    """Stage 3 on a corrected label: lesion outlines as drawn, classes re-predicted.
+class SaliencyInferTask(_CascadeTask):
+    """Where the classifier looked, as segments Slicer can show: Grad-CAM of each lesion's class on
+    its axial slice, in two bands (``attention high`` / ``attention medium``).
 
-    The label is the one uploaded with the request, or else the study's final label in the datastore.
+    Lesions come from the study's submitted label, else the cascade.  The bands are an overlay:
+    delete them before Submit (a label that contains them is refused, they would hide label voxels).
     """
 
     stage_names = ("classifier",)
 
+    def _labels(self) -> Dict[str, int]:
+        return {name: value for name, (_, value) in ATTENTION_BANDS.items()}
+
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
         volume = self._load(request)
         load_s = time.perf_counter() - t0
-        label_path = request.get("label")
-        if not (label_path and Path(label_path).exists()):
-            image_id = request.get("image_id")
-            label_path = self.datastore().get_label_uri(image_id, "final") if image_id else ""
-            if not label_path:
-                raise client_error(404, f"no label to classify: upload one with the request or submit a final "
-                                        f"label for '{image_id}' first")
-        with as_http_errors("label"):
-            raw = load_label_for(label_path, volume)
-            label = self.cascade.contract.remap_by_name(raw, request.get("label_info"))
-            result = self.cascade.relabel(volume, label)
-        return self._respond(volume, result, t0, {"load": load_s}, request)
+        label_path = self._submitted_label(request)
+        with as_http_errors():
+            if label_path:
+                label = load_label_for(label_path, volume)
+                result = self.cascade.relabel(volume, label, keep_drawn_classes=False)
+            else:
+                result = self.cascade.run(volume)
+            t1 = time.perf_counter()
+            if not result.lesions or result.provisional_classes:
+                raise client_error(422, "no classified lesions to explain (no lesion found, or no trained classifier)")
+            cam, peaks = self.cascade.saliency(volume, result.lesions)
+        bands = np.zeros(volume.shape, dtype=np.uint8)
+        for name, (threshold, value) in sorted(ATTENTION_BANDS.items(), key=lambda kv: kv[1][0]):
+            bands[cam >= threshold] = value
+        out_result = CascadeResult(bands, result.organ_found, result.organ_volume_ml, result.lesions,
+                                   {**result.latencies_s, "saliency": time.perf_counter() - t1}, provisional_classes=False,
+                                   notes=["attention bands are an overlay: delete them before Submit label"])
+        path, out = self._respond(volume, out_result, t0, {"load": load_s}, {**request, "image_id": None})
+        out["label_names"] = {"background": 0, **self._labels()}
+        out["peaks"] = [p.__dict__ for p in peaks]
+        return path, out

@@ -10,11 +10,13 @@ from typing import Any, Dict
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
-from radcascade.classifier import ClassifierConfig
+from radcascade.backbones import BACKBONES
+from radcascade.classifier import CLASSICAL, MODES, ClassifierConfig
 from radcascade.classifier_training import train_classifier_from_cases
 from radcascade.labels import LabelContract
 from radcascade.patches import PatchConfig
 from radcascade.serving.errors import as_http_errors
+from radcascade.serving.slicer_view import TrainerState, first_of, options_with_choices
 from radcascade.training import TrainConfig, Trainer, TrainingCase
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,10 @@ def _bool(v) -> bool:
 class _DatastoreTrainTask(TrainTask):
     """Reads the datastore's final labels (with their label-name mapping) and keeps train_stats."""
 
+    metric_name = "validation Dice"
+    #: option -> allowed values, shown as a drop-down in Slicer's Options (default first)
+    choices: Dict[str, list] = {}
+
     def __init__(self, description: str, contract: LabelContract, model_path: Path, defaults: Dict[str, Any]):
         super().__init__(description)
         self.contract = contract
@@ -35,16 +41,28 @@ class _DatastoreTrainTask(TrainTask):
         self.defaults = dict(defaults)
 
     def config(self) -> Dict[str, Any]:
-        return dict(self.defaults)
+        return options_with_choices(self.defaults, self.choices)
 
     def stats(self) -> Dict[str, Any]:
         try:
-            return json.loads(self.stats_path.read_text())
+            stats = json.loads(self.stats_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
+        return stats if isinstance(stats, dict) else {}
+
+    def state(self, name: str) -> TrainerState:
+        """Statistics and the time they were written, for the Slicer-facing ``train_stats``."""
+        try:
+            updated = self.stats_path.stat().st_mtime
+        except FileNotFoundError:
+            updated = 0.0
+        return TrainerState(name, self.stats(), updated, self.metric_name)
 
     def options(self, request) -> Dict[str, Any]:
-        return {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
+        """Defaults overridden by the request; Slicer sends a list option's first item, others may
+        send the list itself; an empty text field means "the default"."""
+        given = {k: first_of(v) for k, v in request.items() if k in self.defaults}
+        return {**self.defaults, **{k: v for k, v in given.items() if v not in (None, "")}}
 
     def cases(self, datastore: Datastore) -> list[TrainingCase]:
         tag = DefaultLabelTag.FINAL.value
@@ -65,6 +83,9 @@ class _DatastoreTrainTask(TrainTask):
 
 class ClassifierTrainTask(_DatastoreTrainTask):
     """Retrains the lesion classifier: ``mode`` scratch / features / finetune / auto (Slicer option)."""
+
+    metric_name = "validation ROC AUC"
+    choices = {"mode": list(MODES), "backbone": list(BACKBONES), "classical": list(CLASSICAL)}
 
     def __init__(self, contract: LabelContract, model_path: Path, defaults: Dict[str, Any], patch: PatchConfig,
                  allow_download: bool):
