@@ -61,9 +61,14 @@ def results_dir() -> str:
         return _results_dir
 
 
-def write_result(label: np.ndarray, volume: Volume) -> str:
+RESULT_SUFFIXES = (".nii.gz", ".nrrd", ".nii")  # Slicer's module asks for ".nrrd" (``result_extension``)
+
+
+def write_result(label: np.ndarray, volume: Volume, suffix: str = ".nii.gz") -> str:
     """Write a canonical label map back onto the image's original geometry, in a temporary file."""
-    fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=".nii.gz", dir=results_dir())
+    if suffix not in RESULT_SUFFIXES:
+        raise client_error(422, f"unsupported result_extension '{suffix}' (one of {', '.join(RESULT_SUFFIXES)})")
+    fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=suffix, dir=results_dir())
     os.close(fd)
     atomic_write_image(label_image_like(label, volume), path)
     return path
@@ -177,7 +182,7 @@ class _CascadeTask(_Saliency, InferTask):
         label = result.label
         if label_names is not None:
             label, label_names = renumber(label, label_names)
-        path = write_result(label, volume)
+        path = write_result(label, volume, str(request.get("result_extension") or ".nii.gz"))
         result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
         saliency = self._saliency(volume, result, request)
         result.latencies_s["total"] = time.perf_counter() - t0
