@@ -109,3 +109,36 @@ def test_sliding_window_matches_direct_forward():
         tiled = sliding_window_inference(torch.cat([x, x], dim=4), (32, 32, 16), 2, net, overlap=0.0)
     torch.testing.assert_close(windowed, direct)
     torch.testing.assert_close(tiled[..., :16], direct)
+
+
+def _study_with_lesions(tiny_studies):
+    for study in tiny_studies.studies:
+        if len(study.lesions) >= 1 and (study.label >= 2).any():
+            return study, load_volume(tiny_studies.folder / f"{study.name}.nii.gz")
+    pytest.skip("no generated study with a lesion")
+
+
+def test_relabel_keeps_drawn_classes_and_reports_the_classifier(cascade, tiny_studies):
+    study, volume = _study_with_lesions(tiny_studies)
+    drawn = study.label.copy()
+    flipped = np.where(drawn >= 2, 5 - drawn, drawn).astype(np.uint8)  # every lesion painted as the other class
+    kept = cascade.relabel(volume, flipped, keep_drawn_classes=True)
+    np.testing.assert_array_equal(kept.label, flipped)  # the radiologist's classes are never overwritten
+    assert kept.lesions and all(f.drawn_class == f.class_name and f.model_class for f in kept.lesions)
+    disagreements = [f for f in kept.lesions if f.model_class != f.drawn_class]
+    assert len([n for n in kept.notes if "kept as drawn" in n]) == len(disagreements)
+
+    replaced = cascade.relabel(volume, flipped, keep_drawn_classes=False)
+    np.testing.assert_array_equal(replaced.label >= 2, flipped >= 2)  # outlines as drawn
+    changed = [f for f in replaced.lesions if f.class_name != f.drawn_class]
+    assert len([n for n in replaced.notes if "changed to" in n]) == len(changed)
+
+
+def test_relabel_without_classifier_keeps_drawn_classes_or_refuses(tiny_studies):
+    study, volume = _study_with_lesions(tiny_studies)
+    bare = Cascade(CONTRACT, PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device("cpu"))
+    result = bare.relabel(volume, study.label, keep_drawn_classes=True)
+    np.testing.assert_array_equal(result.label, study.label)
+    assert any("no trained classifier" in n for n in result.notes)
+    with pytest.raises(StageUntrainedError):
+        bare.relabel(volume, study.label, keep_drawn_classes=False)

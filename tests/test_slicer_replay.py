@@ -7,12 +7,16 @@ the module's panel).  Any step that would raise in the module or show a wrong st
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
+from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
 from conftest import StudySet, copy_weights, make_studies, start_server, stop_server
@@ -67,8 +71,9 @@ def sample_server(tmp_path):
 def test_slicer_session_on_the_sample_data(sample_server, tmp_path):
     module = SlicerModule(sample_server.url, tmp_path)
     module.fetch_info()
-    # The starting weights come with the statistics they were trained with.
-    assert module.update_gui() != "0.0000"
+    # The starting weights come with the statistics they were trained with; the organ's is shown first.
+    assert next(iter(module.info["train_stats"])) == "organ"
+    assert module.update_gui() == f"{module.info['train_details']['organ']['best_metric']:.4f}" != "0.0000"
     assert list(module.info["models"])[0] == "cascade"
     for config in module.info["trainers"]["classifier"]["config"].values():
         assert not isinstance(config, list) or len(config) >= 2  # mode / backbone / classical: drop-downs
@@ -95,7 +100,13 @@ def test_slicer_session_on_the_sample_data(sample_server, tmp_path):
     module.run_model("lesion", edits={"organ_from": "organ stage"})
     np.testing.assert_array_equal(module.segments[ORGAN], organ)  # re-running lesions keeps the organ
     result = module.run_model("classify")
-    assert "report" in result
+    report = requests.get(sample_server.url + result["report"], timeout=30)
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(report.text)))
+    assert len(rows) == result["lesion_count"] and {r["class"] for r in rows} <= {BENIGN, MALIGNANT}
+    assert requests.get(f"{sample_server.url}/report/{sample_server.studies.labelled[0]}", timeout=30).status_code == 404
+    with pytest.raises(MONAILabelClientException, match="422"):  # the device is the server's, not the request's
+        module.client().infer("cascade", module.image_id, {"device": "cuda:7"})
     saliency = module.run_model("saliency")
     assert module.segments["attention high"].any() and len(saliency["peaks"]) == saliency["lesion_count"]
     for band in ("attention high", "attention medium"):  # the overlay is deleted before Submit

@@ -83,6 +83,7 @@ def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
             logger.info("installed starting weights %s -> %s", src, dst)
         if stats_src.exists() and not stats_dst.exists() and filecmp.cmp(src, dst, shallow=False):
             atomic_write(stats_dst, lambda f, s=stats_src: f.write(s.read_bytes()))
+            os.utime(stats_dst, (0, 0))  # "never trained here": any run on this server ranks before it in /info
 
 
 def running_trainer() -> str | None:
