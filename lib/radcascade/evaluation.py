@@ -63,7 +63,22 @@ class LesionDetection:
                                self.false_positives + other.false_positives)
 
 
-def lesion_detection(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.1) -> LesionDetection:
+@dataclass(frozen=True)
+class LesionMatch:
+    """Per-lesion matching of a prediction against the truth (connected components, 26-connectivity)."""
+
+    true_voxels: np.ndarray  # voxels of each true lesion
+    true_detected: np.ndarray  # bool per true lesion: some predicted lesion overlaps it with IoU >= min_iou
+    predicted_voxels: np.ndarray
+    predicted_hit: np.ndarray  # bool per predicted lesion: it matches some true lesion (else a false positive)
+
+    def detection(self) -> LesionDetection:
+        n_pred = len(self.predicted_hit)
+        return LesionDetection(len(self.true_detected), int(self.true_detected.sum()), n_pred,
+                               n_pred - int(self.predicted_hit.sum()))
+
+
+def match_lesions(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.1) -> LesionMatch:
     """A true lesion is *detected* when some predicted lesion overlaps it with IoU >= ``min_iou``;
     a predicted lesion with IoU < ``min_iou`` against every true lesion is a false positive."""
     from scipy import ndimage
@@ -71,15 +86,22 @@ def lesion_detection(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.1) 
     structure = np.ones((3, 3, 3), bool)
     tl, nt = ndimage.label(np.asarray(truth, bool), structure)
     pl, npred = ndimage.label(np.asarray(pred, bool), structure)
-    if nt == 0 or npred == 0:
-        return LesionDetection(nt, 0, npred, npred)
-    both = (tl > 0) & (pl > 0)
-    pairs, inter = np.unique(np.stack([tl[both], pl[both]]), axis=1, return_counts=True)
     t_size = np.bincount(tl.ravel(), minlength=nt + 1)
     p_size = np.bincount(pl.ravel(), minlength=npred + 1)
-    iou = inter / (t_size[pairs[0]] + p_size[pairs[1]] - inter)
-    hit = iou >= min_iou
-    return LesionDetection(nt, len(np.unique(pairs[0][hit])), npred, npred - len(np.unique(pairs[1][hit])))
+    t_hit, p_hit = np.zeros(nt + 1, bool), np.zeros(npred + 1, bool)
+    both = (tl > 0) & (pl > 0)
+    if both.any():
+        pairs, inter = np.unique(np.stack([tl[both], pl[both]]), axis=1, return_counts=True)
+        iou = inter / (t_size[pairs[0]] + p_size[pairs[1]] - inter)
+        hit = iou >= min_iou
+        t_hit[pairs[0][hit]] = True
+        p_hit[pairs[1][hit]] = True
+    return LesionMatch(t_size[1:], t_hit[1:], p_size[1:], p_hit[1:])
+
+
+def lesion_detection(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.1) -> LesionDetection:
+    """Lesion-wise detection counts (see :func:`match_lesions`)."""
+    return match_lesions(pred, truth, min_iou).detection()
 
 
 @dataclass(frozen=True)

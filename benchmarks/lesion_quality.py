@@ -1,0 +1,61 @@
+"""Lesion quality of the served cascade on a fixed held-out generated set (see radcascade.lesion_quality).
+
+    .venv/bin/python benchmarks/lesion_quality.py                       # committed starting weights, 48 studies
+    .venv/bin/python benchmarks/lesion_quality.py --models name=DIR ...  # compare other model folders
+
+Prints a table (value [bootstrap 95% CI]) and writes ``benchmarks/results/lesion_quality.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from radcascade.cascade import Cascade
+from radcascade.labels import LabelContract
+from radcascade.lesion_quality import HELD_OUT_SEED, evaluate, make_held_out_set, markdown_table, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--studies", type=int, default=48)
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    p.add_argument("--models", nargs="+", default=[f"committed={REPO / 'apps/radcascade/pretrained'}"],
+                   help="name=folder with organ.pt, lesion.pt (and classifier.pt)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/lesion_quality")
+    a = p.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    reports, outcomes = {}, {}
+    with tempfile.TemporaryDirectory(prefix="rc-heldout-") as tmp:
+        held_out = make_held_out_set(Path(tmp), a.studies, a.seed)
+        for spec in a.models:
+            name, folder = spec.split("=", 1)
+            folder = Path(folder)
+            classifier = folder / "classifier.pt"
+            cascade = Cascade(LabelContract(), folder / "organ.pt", folder / "lesion.pt", torch.device("cpu"),
+                              classifier_model=classifier if classifier.exists() else None)
+            outcomes[name] = evaluate(cascade, held_out)
+            reports[name] = summarise(outcomes[name], a.bootstrap)
+    table = markdown_table(reports)
+    print(table)
+    meta = {"command": "benchmarks/lesion_quality.py " + " ".join(f"--models {m}" for m in a.models),
+            "studies": a.studies, "seed": a.seed, "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, no GPU"}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".json").write_text(json.dumps(
+        {"meta": meta, "reports": {k: r.to_json() for k, r in reports.items()},
+         "studies": {k: [o.__dict__ for o in v] for k, v in outcomes.items()}}, indent=1, default=str))
+    a.out.with_suffix(".md").write_text(f"# Lesion quality on the held-out set\n\n{json.dumps(meta)}\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

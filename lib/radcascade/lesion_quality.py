@@ -1,0 +1,201 @@
+"""Lesion quality as a radiologist would judge it, measured on the served pipeline.
+
+A fixed held-out set of generated studies (seed :data:`HELD_OUT_SEED`, never used for training;
+standard and low-dose protocols, a few lesion-free studies) is written to disk as NIfTI and run
+through :class:`~radcascade.cascade.Cascade` exactly as ``/infer/cascade`` runs it (file -> volume ->
+organ -> lesion -> post-processing).  Per study: organ Dice, lesion Dice (all classes merged), every
+true lesion's equivalent diameter and whether it was detected (IoU >= 0.1 with a predicted lesion,
+:func:`radcascade.evaluation.match_lesions`), and the false positives.  Summaries carry bootstrap
+95% confidence intervals over studies (the unit a radiologist reads).
+
+The command that runs it and records the results is ``benchmarks/lesion_quality.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from radcascade.evaluation import dice, match_lesions
+from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
+from radcascade.sample_data import generate_datastore
+from radcascade.volumes import load_label_for, load_volume
+
+HELD_OUT_SEED = 5000
+SIZE_BANDS_MM = ((0.0, 10.0, "<10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">20 mm"))
+MIN_IOU = 0.1
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """Where the held-out studies are and how they were made."""
+
+    folder: Path
+    names: list[str]
+    protocols: dict[str, str]
+    seed: int
+
+
+def make_held_out_set(folder: Path, n_studies: int = 48, seed: int = HELD_OUT_SEED, low_dose_every: int = 4,
+                      lesion_free_every: int = 8, shape=None, spacing=None) -> HeldOutSet:
+    """Generate the held-out set: every ``low_dose_every``-th study low-dose, every
+    ``lesion_free_every``-th (offset by 1) lesion-free, the rest routine studies with 0-5 lesions."""
+    low_dose = frozenset(range(0, n_studies, low_dose_every)) if low_dose_every else frozenset()
+    lesion_free = frozenset(range(1, n_studies, lesion_free_every)) if lesion_free_every else frozenset()
+    kwargs = {k: v for k, v in {"shape": shape, "spacing": spacing}.items() if v is not None}
+    studies = generate_datastore(folder, n_studies, 0, seed=seed, prefix="heldout", lesion_free=lesion_free,
+                                 low_dose=low_dose, **kwargs)
+    protocols = {s.name: ("low-dose" if i in low_dose else "standard") for i, s in enumerate(studies)}
+    return HeldOutSet(Path(folder), [s.name for s in studies], protocols, seed)
+
+
+@dataclass
+class StudyOutcome:
+    """One study through the served cascade, compared with its truth."""
+
+    name: str
+    protocol: str
+    organ_dice: float
+    lesion_intersection: int  # voxels, all lesion classes merged (for pooled Dice)
+    lesion_truth_voxels: int
+    lesion_predicted_voxels: int
+    true_diameters_mm: list[float] = field(default_factory=list)
+    detected: list[bool] = field(default_factory=list)
+    false_positives: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def lesion_dice(self) -> float | None:
+        """Per-study lesion Dice; None when the study has no true and no predicted lesion."""
+        total = self.lesion_truth_voxels + self.lesion_predicted_voxels
+        return 2 * self.lesion_intersection / total if total else None
+
+
+def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard") -> StudyOutcome:
+    """Run the cascade on ``image`` as the server does and compare with ``label`` (contract values)."""
+    t0 = time.perf_counter()
+    volume = load_volume(image)
+    result = cascade.run(volume)
+    latency = time.perf_counter() - t0
+    truth = load_label_for(label, volume)
+    pred_lesion, true_lesion = result.label >= FIRST_LESION_VALUE, truth >= FIRST_LESION_VALUE
+    match = match_lesions(pred_lesion, true_lesion, MIN_IOU)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    diameters = [round(float((6 * v * voxel_ml * 1000 / math.pi) ** (1 / 3)), 2) for v in match.true_voxels]
+    name = Path(image).name.split(".")[0]
+    return StudyOutcome(
+        name=name, protocol=protocol,
+        organ_dice=dice(result.label >= ORGAN_VALUE, truth >= ORGAN_VALUE),
+        lesion_intersection=int(np.logical_and(pred_lesion, true_lesion).sum()),
+        lesion_truth_voxels=int(true_lesion.sum()), lesion_predicted_voxels=int(pred_lesion.sum()),
+        true_diameters_mm=diameters, detected=[bool(d) for d in match.true_detected],
+        false_positives=int((~match.predicted_hit).sum()), latency_s=round(latency, 4),
+    )
+
+
+def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = print) -> list[StudyOutcome]:
+    out = []
+    for name in held_out.names:
+        image = held_out.folder / f"{name}.nii.gz"
+        label = held_out.folder / "labels" / "final" / f"{name}.nii.gz"
+        out.append(evaluate_study(cascade, image, label, held_out.protocols.get(name, "standard")))
+        o = out[-1]
+        progress(f"{name} ({o.protocol}): organ {o.organ_dice:.3f}, lesions {sum(o.detected)}/{len(o.detected)}, "
+                 f"FP {o.false_positives}, {o.latency_s:.2f} s")
+    return out
+
+
+# -- summary statistics ------------------------------------------------------------------------
+def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float) -> tuple[float | None, int]:
+    hits = [d for o in outcomes for size, d in zip(o.true_diameters_mm, o.detected) if lo <= size < hi]
+    return (sum(hits) / len(hits) if hits else None), len(hits)
+
+
+def _pooled_dice(outcomes: Sequence[StudyOutcome]) -> float | None:
+    total = sum(o.lesion_truth_voxels + o.lesion_predicted_voxels for o in outcomes)
+    return 2 * sum(o.lesion_intersection for o in outcomes) / total if total else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+METRICS: dict[str, Callable[[Sequence[StudyOutcome]], float | None]] = {
+    **{f"recall {label}": (lambda os, lo=lo, hi=hi: _band_recall(os, lo, hi)[0]) for lo, hi, label in SIZE_BANDS_MM},
+    "recall >=10 mm": lambda os: _band_recall(os, 10.0, math.inf)[0],
+    "recall (all)": lambda os: _band_recall(os, 0.0, math.inf)[0],
+    "false positives / study": lambda os: float(np.mean([o.false_positives for o in os])) if os else None,
+    "lesion Dice (pooled)": _pooled_dice,
+    "lesion Dice (mean per study)": lambda os: _mean(o.lesion_dice for o in os if o.lesion_truth_voxels),
+    "organ Dice (mean)": lambda os: _mean(o.organ_dice for o in os),
+    "latency s (mean)": lambda os: _mean(o.latency_s for o in os),
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    low: float | None  # bootstrap 2.5th percentile
+    high: float | None  # bootstrap 97.5th percentile
+
+    def text(self, digits: int = 3) -> str:
+        if self.value is None:
+            return "–"
+        ci = "" if self.low is None else f" [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        return f"{self.value:.{digits}f}{ci}"
+
+
+def bootstrap(outcomes: Sequence[StudyOutcome], metric: Callable, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """The metric on all studies, with a 95% percentile interval from resampling studies."""
+    value = metric(outcomes)
+    if value is None or len(outcomes) < 2:
+        return Estimate(value, None, None)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        sample = [outcomes[i] for i in rng.integers(0, len(outcomes), len(outcomes))]
+        v = metric(sample)
+        if v is not None:
+            draws.append(v)
+    lo, hi = np.percentile(draws, [2.5, 97.5]) if draws else (None, None)
+    return Estimate(value, float(lo), float(hi))
+
+
+@dataclass
+class QualityReport:
+    studies: int
+    lesions: int
+    lesions_by_band: dict[str, int]
+    metrics: dict[str, Estimate]
+    by_protocol: dict[str, dict[str, Estimate]]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def summarise(outcomes: Sequence[StudyOutcome], n_boot: int = 1000, seed: int = 0) -> QualityReport:
+    bands = {label: _band_recall(outcomes, lo, hi)[1] for lo, hi, label in SIZE_BANDS_MM}
+    metrics = {name: bootstrap(outcomes, fn, n_boot, seed) for name, fn in METRICS.items()}
+    by_protocol = {}
+    for protocol in sorted({o.protocol for o in outcomes}):
+        subset = [o for o in outcomes if o.protocol == protocol]
+        by_protocol[protocol] = {name: bootstrap(subset, fn, n_boot, seed) for name, fn in METRICS.items()}
+    return QualityReport(len(outcomes), sum(len(o.detected) for o in outcomes), bands, metrics, by_protocol)
+
+
+def markdown_table(reports: dict[str, QualityReport]) -> str:
+    """One column per evaluated model set, one row per metric (value [95% CI])."""
+    names = list(reports)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for metric in METRICS:
+        lines.append(f"| {metric} | " + " | ".join(reports[n].metrics[metric].text() for n in names) + " |")
+    lines.append("| studies / lesions | " + " | ".join(f"{r.studies} / {r.lesions}" for r in reports.values()) + " |")
+    lines.append("| lesions per band | " + " | ".join(
+        ", ".join(f"{k}: {v}" for k, v in r.lesions_by_band.items()) for r in reports.values()) + " |")
+    return "\n".join(lines)
