@@ -88,6 +88,17 @@ class CascadeResult:
         return out
 
 
+def paint(target: np.ndarray, components: np.ndarray, values: dict[int, int]) -> None:
+    """Write each component's value into ``target`` in one pass (not one pass per lesion)."""
+    if not values:
+        return
+    lut = np.zeros(int(components.max()) + 1, dtype=target.dtype)
+    for comp, value in values.items():
+        lut[comp] = value
+    painted = lut[components]
+    np.copyto(target, painted, where=painted > 0)
+
+
 class Cascade:
     """Runs organ -> lesion -> classifier on one volume; models are warm and follow republished files."""
 
@@ -152,9 +163,7 @@ class Cascade:
         provisional = True
         if findings:
             provisional = not self._classify(image[0], volume, findings, latencies)
-        crop = label[lesion.box.slices]
-        for f, comp in zip(findings, kept):
-            crop[components == comp] = f.value
+        paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)})
         organ_ml = float(organ_mask.sum()) * voxel_ml
         return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
 
@@ -186,18 +195,21 @@ class Cascade:
         if not classified:
             notes.append("no trained classifier: classes kept as drawn, no model opinion")
         for f, value, comp in zip(findings, drawn, kept):
-            region = components == comp
             if keep_drawn_classes:
                 f.value, f.class_name = value, self.contract.name_of(value)
                 if f.model_class is not None and f.model_class != f.drawn_class:
                     notes.append(f"lesion {f.id}: kept as drawn ('{f.drawn_class}'); the classifier says "
                                  f"'{f.model_class}' (p={f.probabilities.get(f.model_class, 0):.2f})")
             else:
-                changed = int(np.count_nonzero(region & (label != f.value)))
+                sl = objects[comp - 1]
+                changed = int(np.count_nonzero((components[sl] == comp) & (label[sl] != f.value)))
                 if changed:
                     notes.append(f"lesion {f.id}: {changed} voxels changed to '{f.class_name}' by the classifier "
                                  f"(drawn as '{f.drawn_class}')")
-            out[region] = f.value
+        if keep_drawn_classes:  # exactly as drawn, even where one blob holds voxels of two classes
+            np.copyto(out, label.astype(out.dtype, copy=False), where=label >= FIRST_LESION_VALUE)
+        else:
+            paint(out, components, {comp: f.value for f, comp in zip(findings, kept)})
         return CascadeResult(out, bool((label >= 1).any()), float((label >= 1).sum()) * voxel_ml, findings, latencies,
                              provisional_classes=False, notes=notes)
 
