@@ -56,3 +56,39 @@ def test_trainer_publishes_best_model_and_stats(tiny_studies, tmp_path):
         # a second run warm-starts from the published model
         again = Trainer(cfg, CONTRACT, model).fit(cases)
         assert again.warm_started
+
+
+def test_reported_validation_dice_is_the_dice_of_the_served_stage(tiny_studies, tmp_path):
+    """Parity: what train_stats reports (and Slicer shows as accuracy) is what the server answers."""
+    import pytest
+    import torch
+
+    from conftest import PRETRAINED
+    from radcascade.cascade import Cascade, organ_from_label
+    from radcascade.training import read_case
+
+    cases = cases_from_folder(tiny_studies.folder)
+    for stage in ("organ", "lesion"):
+        cfg = TrainConfig(stage=stage, max_epochs=2, spec=TINY_UNET, patch_size=(32, 32, 16), samples_per_volume=1,
+                          val_fraction=0.34, spacing=(4.0, 4.0, 6.0) if stage == "lesion" else None)
+        model = tmp_path / f"{stage}.pt"
+        result = Trainer(cfg, CONTRACT, model).fit(cases)
+        assert result.val_cases and result.best_metric is not None
+        files = {"organ": PRETRAINED / "organ.pt", "lesion": PRETRAINED / "lesion.pt", stage: model}
+        served = Cascade(CONTRACT, files["organ"], files["lesion"], torch.device("cpu"))
+        inter = total = 0
+        for case in (c for c in cases if c.name in result.val_cases):
+            volume, label = read_case(case, CONTRACT)
+            image = torch.from_numpy(volume.array).unsqueeze(0)
+            if stage == "organ":  # what /infer/organ answers
+                organ = served.organ_stage(image, volume.spacing)
+                pred = np.zeros(volume.shape, bool)
+                if organ.found:
+                    pred[organ.box.slices] = organ.mask.numpy()
+                truth = label >= 1
+            else:  # what /infer/lesion answers inside a submitted organ
+                pred = served.run(volume, organ=organ_from_label(label >= 1, torch.device("cpu"))).label >= 2
+                truth = label >= 2
+            inter += int((pred & truth).sum())
+            total += int(pred.sum() + truth.sum())
+        assert result.best_metric == pytest.approx(2 * inter / total if total else 1.0, abs=1e-5), stage

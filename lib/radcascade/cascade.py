@@ -115,7 +115,8 @@ class Cascade:
         self.contract = contract
         self.device = device or default_device()
         self.amp = amp
-        as_warm = lambda m, **kw: m if isinstance(m, WarmModel) else WarmModel(m, self.device, **kw)  # noqa: E731
+        # A path becomes a WarmModel; anything offering ``get()`` (WarmModel, FixedModel) is used as is.
+        as_warm = lambda m, **kw: m if hasattr(m, "get") else WarmModel(m, self.device, **kw)  # noqa: E731
         self.organ_model = as_warm(organ_model)
         self.lesion_model = as_warm(lesion_model)
         self.classifier_model = as_warm(classifier_model, loader=load_classifier) if classifier_model else None
@@ -280,3 +281,37 @@ class Cascade:
         synchronize(self.device)
         latencies["classifier"] = time.perf_counter() - t0
         return True
+
+
+def organ_from_label(organ_mask: np.ndarray, device: torch.device) -> OrganResult | None:
+    """A known organ (e.g. a corrected, submitted one) in the form stage 1 hands to stage 2."""
+    box = BoundingBox.of_mask(organ_mask)
+    if box is None:
+        return None
+    return OrganResult(box, torch.from_numpy(np.ascontiguousarray(organ_mask[box.slices])).to(device), 0.0)
+
+
+def _served_organ(cascade: Cascade, volume: Volume, label: np.ndarray) -> np.ndarray:
+    image = torch.from_numpy(volume.array).to(cascade.device).unsqueeze(0)
+    organ = cascade.organ_stage(image, volume.spacing)
+    mask = np.zeros(volume.shape, bool)
+    if organ.found:
+        mask[organ.box.slices] = organ.mask.cpu().numpy()
+    return mask
+
+
+def _served_lesions(cascade: Cascade, volume: Volume, label: np.ndarray) -> np.ndarray:
+    organ = organ_from_label(cascade.contract.organ_mask(label), cascade.device)
+    if organ is None:
+        return np.zeros(volume.shape, bool)
+    return cascade.run(volume, organ=organ).label >= FIRST_LESION_VALUE
+
+
+_SERVED = {"organ": _served_organ, "lesion": _served_lesions}
+
+
+def served_stage_mask(cascade: Cascade, stage: str, volume: Volume, label: np.ndarray) -> np.ndarray:
+    """What the server answers for one stage, at full resolution after post-processing: the organ
+    stage alone, or the lesion stage inside the organ of ``label`` (as ``/infer/lesion`` does with a
+    submitted organ).  Training validates with this, so its Dice is the served Dice."""
+    return _SERVED[stage](cascade, volume, label)

@@ -229,3 +229,22 @@ class WarmModel:
         if self.problem:
             text += f" (newer file rejected: {self.problem})"
         return text
+
+
+class FixedModel:
+    """A network held in memory (e.g. one being trained) offered the way :class:`WarmModel` offers a
+    published file, so the served stages can run it unchanged (training validates through them)."""
+
+    problem: str | None = None
+
+    def __init__(self, network: torch.nn.Module, checkpoint: Any, name: str = "in training"):
+        self._loaded = LoadedModel(network, checkpoint, (), name)
+
+    def get(self) -> LoadedModel:
+        return self._loaded
+
+    def version(self) -> str:
+        return self._loaded.digest
+
+    def status(self) -> str:
+        return self._loaded.digest

@@ -1,5 +1,11 @@
 """Stage 1 (organ, whole volume at coarse spacing) and stage 2 (lesions, organ crop at fine spacing).
 
+A :class:`StageSpec` is the one definition of a stage: its network, the grid it works on, the region
+it sees (:meth:`StageSpec.region`), how that region becomes network input (:meth:`StageSpec.prepare`)
+and what it learns (:meth:`StageSpec.target`).  Serving (:class:`OrganStage`, :class:`LesionStage`),
+training and its validation (which runs the served stage, see ``radcascade.training``), uncertainty
+scoring and the benchmarks all go through it.
+
 Each stage takes the image tensor already on the compute device and returns a small typed result;
 nothing is written to or read from disk between stages.
 """
@@ -9,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -16,7 +23,9 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from radcascade.checkpoints import LoadedModel, WarmModel
+from radcascade.checkpoints import LoadedModel
+from radcascade.labels import LabelContract
+from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
     BoundingBox,
     normalize_hu,
@@ -31,11 +40,57 @@ ORGAN_SPACING = (5.0, 5.0, 8.0)
 LESION_SPACING = (2.5, 2.5, 4.0)
 LESION_MARGIN_MM = 12.0
 LESION_ROI = (96, 96, 48)
+LESION_OVERLAP = 0.25
 MIN_ORGAN_MEAN_HU = -300.0
 
 
 class StageUntrainedError(RuntimeError):
     """A stage has no usable model file."""
+
+
+class ModelSource(Protocol):
+    """Where a stage gets its network: a :class:`~radcascade.checkpoints.WarmModel` (a published file)
+    or a :class:`~radcascade.checkpoints.FixedModel` (a network being trained)."""
+
+    problem: str | None
+
+    def get(self) -> LoadedModel | None: ...
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage, defined once: network, grid, region seen, input preparation, training target."""
+
+    name: str
+    network: UNetSpec
+    spacing: tuple[float, float, float]  # mm of the grid the network works on (a checkpoint records its own)
+    margin_mm: float | None  # None: the whole volume; else the organ's box plus this margin
+    target: Callable[[LabelContract, np.ndarray], np.ndarray]  # binary truth from a contract label
+    positive_fraction: float  # share of training patches centred on the target
+
+    def region(self, shape, spacing, organ_box: BoundingBox | None, margin_scale: float = 1.0) -> BoundingBox:
+        """Full-resolution box the stage sees (training widens the margin to leave room for jitter)."""
+        whole = BoundingBox((0, 0, 0), tuple(int(n) for n in shape))
+        if self.margin_mm is None or organ_box is None:
+            return whole
+        margin = [int(np.ceil(margin_scale * self.margin_mm / s)) for s in spacing]
+        return organ_box.expanded(margin, shape)
+
+    def prepare(self, image: torch.Tensor, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
+        """``[1, X, Y, Z]`` HU -> the network's input over ``box``: windowed, resampled to the grid."""
+        grid = shape_at_spacing(box.shape, spacing, grid_spacing or self.spacing)
+        return resample(normalize_hu(image[(slice(None),) + box.slices]), grid)
+
+    def prepare_target(self, mask: np.ndarray, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
+        """A full-resolution binary mask -> ``[1, ...]`` uint8 on the stage's grid over ``box``."""
+        grid = shape_at_spacing(box.shape, spacing, grid_spacing or self.spacing)
+        t = torch.from_numpy(np.ascontiguousarray(mask[box.slices]).astype(np.float32)).unsqueeze(0)
+        return (resample(t, grid) > 0.5).to(torch.uint8)
+
+
+ORGAN = StageSpec("organ", ORGAN_UNET, ORGAN_SPACING, None, LabelContract.organ_mask, 0.5)
+LESION = StageSpec("lesion", LESION_UNET, LESION_SPACING, LESION_MARGIN_MM, LabelContract.lesion_mask, 0.67)
+STAGE_SPECS = {spec.name: spec for spec in (ORGAN, LESION)}
 
 
 def default_device() -> torch.device:
@@ -55,7 +110,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _require(model: WarmModel, name: str) -> LoadedModel:
+def _require(model: ModelSource, name: str) -> LoadedModel:
     loaded = model.get()
     if loaded is None:
         raise StageUntrainedError(f"{name} stage is untrained: {model.problem}")
@@ -96,7 +151,9 @@ class LesionResult:
 class OrganStage:
     """Whole volume -> coarse spacing -> UNet -> largest component -> full-resolution mask in its box."""
 
-    def __init__(self, model: WarmModel, amp: bool = True):
+    spec = ORGAN
+
+    def __init__(self, model: ModelSource, amp: bool = True):
         self.model = model
         self.amp = amp
 
@@ -105,8 +162,8 @@ class OrganStage:
         t0 = time.perf_counter()
         loaded = _require(self.model, "organ")
         full_shape = tuple(image.shape[1:])
-        coarse_shape = shape_at_spacing(full_shape, spacing, loaded.checkpoint.spacing)
-        x = resample(normalize_hu(image), coarse_shape)
+        x = self.spec.prepare(image, spacing, self.spec.region(full_shape, spacing, None), loaded.checkpoint.spacing)
+        coarse_shape = tuple(x.shape[1:])
         x, back = pad_to_multiple(x, loaded.checkpoint.spec.divisor)
         with autocast_for(image.device, self.amp):
             logits = loaded.network(x.unsqueeze(0))[0]
@@ -138,20 +195,26 @@ class OrganStage:
         return OrganResult(tight, mask, time.perf_counter() - t0)
 
 
+def window_logits(network: torch.nn.Module, x: torch.Tensor, roi, sw_batch_size: int = 2,
+                  overlap: float = LESION_OVERLAP) -> torch.Tensor:
+    """The lesion stage's sliding-window inferer on a batch ``[N, 1, X, Y, Z]`` (serving and uncertainty)."""
+    return sliding_window_inference(x, roi, sw_batch_size, network, overlap=overlap, mode="gaussian")
+
+
 class LesionStage:
     """Organ box + margin -> fine spacing -> sliding-window UNet -> lesion mask inside the organ."""
 
+    spec = LESION
+
     def __init__(
         self,
-        model: WarmModel,
-        margin_mm: float = LESION_MARGIN_MM,
+        model: ModelSource,
         roi_size=LESION_ROI,
         sw_batch_size: int = 2,
-        overlap: float = 0.25,
+        overlap: float = LESION_OVERLAP,
         amp: bool = True,
     ):
         self.model = model
-        self.margin_mm = margin_mm
         self.roi_size = tuple(roi_size)
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
@@ -162,22 +225,18 @@ class LesionStage:
         return tuple(min(r, int(np.ceil(n / divisor) * divisor)) for r, n in zip(self.roi_size, fine_shape))
 
     def crop_box(self, organ_box: BoundingBox, spacing, shape) -> BoundingBox:
-        margin = [int(np.ceil(self.margin_mm / s)) for s in spacing]
-        return organ_box.expanded(margin, shape)
+        return self.spec.region(shape, spacing, organ_box)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, spacing, organ: OrganResult) -> LesionResult:
         t0 = time.perf_counter()
         loaded = _require(self.model, "lesion")
         box = self.crop_box(organ.box, spacing, tuple(image.shape[1:]))
-        crop = image[(slice(None),) + box.slices]
-        fine_shape = shape_at_spacing(box.shape, spacing, loaded.checkpoint.spacing)
-        x = resample(normalize_hu(crop), fine_shape)
+        x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing)
+        fine_shape = tuple(x.shape[1:])
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
         with autocast_for(image.device, self.amp):
-            logits = sliding_window_inference(
-                x.unsqueeze(0), roi, self.sw_batch_size, loaded.network, overlap=self.overlap, mode="gaussian"
-            )[0]
+            logits = window_logits(loaded.network, x.unsqueeze(0), roi, self.sw_batch_size, self.overlap)[0]
         prob_fine = torch.softmax(logits.float(), dim=0)[1:2]
         prob = resample(prob_fine, box.shape)[0]
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.

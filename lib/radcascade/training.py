@@ -1,9 +1,11 @@
 """Training recipes for stage 1 (organ) and stage 2 (lesion), usable with or without a server.
 
 Both recipes: read (image, label) pairs, map submitted labels to contract values **by name**,
-cache the preprocessed volumes in memory, train with augmentation (flips, small rotations,
-intensity shift/scale, noise), validate on a held-out split of studies, and publish the best
-model atomically.  Progress is written to a small JSON file that ``/info`` shows (``train_details``; ``train_stats`` is its Slicer-readable summary).
+cache the preprocessed volumes in memory (each stage's region and grid from its
+:class:`~radcascade.stages.StageSpec`), train with augmentation (flips, small rotations, intensity
+shift/scale, noise), validate on a held-out split of studies **with the served stage itself** (the
+Dice reported is the Dice of what the server would answer, at full resolution, after
+post-processing), and publish the best model atomically.  Progress is written to a small JSON file that ``/info`` shows (``train_details``; ``train_stats`` is its Slicer-readable summary).
 
 CLI (trains the committed starting weights on generated data)::
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import tempfile
 import time
@@ -26,18 +27,26 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from monai import transforms as mt
-from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
-from radcascade.checkpoints import Checkpoint, CheckpointError, publish_checkpoint, read_checkpoint, write_json_atomic
+from radcascade.cascade import Cascade, served_stage_mask
+from radcascade.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    FixedModel,
+    publish_checkpoint,
+    read_checkpoint,
+    write_json_atomic,
+)
 from radcascade.labels import LabelContract
-from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
-from radcascade.preprocessing import BoundingBox, normalize_hu, pad_to_multiple, resample, shape_at_spacing
-from radcascade.stages import LESION_MARGIN_MM, LESION_SPACING, ORGAN_SPACING, autocast_for, default_device
-from radcascade.volumes import load_label_for, load_volume
+from radcascade.networks import UNetSpec
+from radcascade.preprocessing import BoundingBox
+from radcascade.stages import STAGE_SPECS, StageSpec, autocast_for, default_device
+from radcascade.volumes import Volume, load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
-STAGES = ("organ", "lesion")
+STAGES = tuple(STAGE_SPECS)
+TRAINING_MARGIN_SCALE = 1.5  # the lesion crop is trained wider than served: room for random patches
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,17 @@ class TrainConfig:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage '{self.stage}' (one of {STAGES})")
         if self.spec is None:
-            self.spec = ORGAN_UNET if self.stage == "organ" else LESION_UNET
+            self.spec = self.stage_spec.network
         if self.spacing is None:
-            self.spacing = ORGAN_SPACING if self.stage == "organ" else LESION_SPACING
+            self.spacing = self.stage_spec.spacing
         if self.patch_size is None:
             self.patch_size = (64, 64, 32)
         if self.max_epochs < 1:
             raise ValueError("max_epochs must be >= 1")
+
+    @property
+    def stage_spec(self) -> StageSpec:
+        return STAGE_SPECS[self.stage]
 
 
 @dataclass
@@ -120,26 +133,30 @@ class TrainResult:
         return d
 
 
-def prepare_case(case: TrainingCase, cfg: TrainConfig, contract: LabelContract) -> PreparedCase:
-    """Load, remap by name, and resample one case for ``cfg.stage``."""
+def read_case(case: TrainingCase, contract: LabelContract) -> tuple[Volume, np.ndarray]:
+    """The image and its label in contract values (mapped by name)."""
     volume = load_volume(case.image)
-    raw = load_label_for(case.label, volume)
-    label = contract.remap_by_name(raw, case.label_info)
+    return volume, contract.remap_by_name(load_label_for(case.label, volume), case.label_info)
+
+
+def prepare_case(case: TrainingCase, cfg: TrainConfig, contract: LabelContract) -> PreparedCase:
+    """Load, remap by name, and cut out + resample the stage's region (its StageSpec) for training."""
+    volume, label = read_case(case, contract)
+    stage = cfg.stage_spec
+    box = stage.region(volume.shape, volume.spacing, BoundingBox.of_mask(contract.organ_mask(label)),
+                       margin_scale=TRAINING_MARGIN_SCALE)
     image = torch.from_numpy(volume.array).unsqueeze(0)
-    if cfg.stage == "organ":
-        target = torch.from_numpy(contract.organ_mask(label).astype(np.uint8)).unsqueeze(0)
-        size = shape_at_spacing(volume.shape, volume.spacing, cfg.spacing)
-        return PreparedCase(case.name, resample(normalize_hu(image), size), (resample(target.float(), size) > 0.5).to(torch.uint8))
-    # Lesion stage: the true organ box plus margin plus room for jitter (random patches inside it).
-    organ_box = BoundingBox.of_mask(contract.organ_mask(label))
-    if organ_box is None:
-        organ_box = BoundingBox((0, 0, 0), volume.shape)
-    margin = [int(math.ceil(1.5 * LESION_MARGIN_MM / s)) for s in volume.spacing]
-    box = organ_box.expanded(margin, volume.shape)
-    crop = image[(slice(None),) + box.slices]
-    target = torch.from_numpy(contract.lesion_mask(label[box.slices]).astype(np.uint8)).unsqueeze(0)
-    size = shape_at_spacing(box.shape, volume.spacing, cfg.spacing)
-    return PreparedCase(case.name, resample(normalize_hu(crop), size), (resample(target.float(), size) > 0.5).to(torch.uint8))
+    return PreparedCase(case.name, stage.prepare(image, volume.spacing, box, cfg.spacing),
+                        stage.prepare_target(stage.target(contract, label), volume.spacing, box, cfg.spacing))
+
+
+@dataclass
+class ValidationCase:
+    """A held-out study at full resolution: validation runs the served stage on it."""
+
+    name: str
+    volume: Volume
+    label: np.ndarray  # contract values
 
 
 def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -184,12 +201,6 @@ def _augment(patch_size, pos_fraction: float, samples: int) -> mt.Compose:
     )
 
 
-def _dice(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Intersection and sum of sizes (aggregated over a validation set before dividing)."""
-    p, t = pred.bool(), target.bool()
-    return float((p & t).sum()), float(p.sum() + t.sum())
-
-
 class Trainer:
     """Trains one stage on a list of cases and publishes the best model to ``model_path``."""
 
@@ -225,20 +236,17 @@ class Trainer:
                 self.progress(f"not warm-starting: {e}")
         return net.to(self.device), warm
 
-    def _validate(self, net: torch.nn.Module, val: list[PreparedCase]) -> float:
+    def _validate(self, net: torch.nn.Module, val: list[ValidationCase]) -> float:
+        """Pooled Dice over the validation studies of what the *served* stage answers with ``net``."""
         net.eval()
-        inter = total = 0.0
-        with torch.no_grad(), autocast_for(self.device, self.cfg.amp):
-            for case in val:
-                x = case.image.to(self.device).unsqueeze(0)
-                if self.cfg.stage == "organ":
-                    xp, back = pad_to_multiple(x[0], self.cfg.spec.divisor)
-                    logits = net(xp.unsqueeze(0))[0][back]
-                else:
-                    logits = sliding_window_inference(x, self.cfg.patch_size, 2, net, overlap=0.25, mode="gaussian")[0]
-                pred = logits.float().argmax(0)
-                i, s = _dice(pred, case.target[0].to(self.device))
-                inter, total = inter + i, total + s
+        source = FixedModel(net, Checkpoint(self.cfg.spec, {}, tuple(self.cfg.spacing), {}))
+        cascade = Cascade(self.contract, source, source, self.device, amp=self.cfg.amp)
+        inter = total = 0
+        for case in val:
+            pred = served_stage_mask(cascade, self.cfg.stage, case.volume, case.label)
+            truth = self.cfg.stage_spec.target(self.contract, case.label)
+            inter += int(np.logical_and(pred, truth).sum())
+            total += int(pred.sum() + truth.sum())
         return 1.0 if total == 0 else 2 * inter / total
 
     def fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
@@ -257,14 +265,13 @@ class Trainer:
         self._write_stats(result)
         self.progress(f"[{cfg.stage}] preparing {len(train_cases)} training + {len(val_cases)} validation studies")
         train = [prepare_case(c, cfg, self.contract) for c in train_cases]
-        val = [prepare_case(c, cfg, self.contract) for c in val_cases]
+        val = [ValidationCase(c.name, *read_case(c, self.contract)) for c in val_cases]
 
         net, result.warm_started = self._network()
         optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-5)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.max_epochs, eta_min=cfg.learning_rate * 0.05)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-        pos = 0.5 if cfg.stage == "organ" else 0.67
-        augment = _augment(cfg.patch_size, pos, cfg.samples_per_volume)
+        augment = _augment(cfg.patch_size, cfg.stage_spec.positive_fraction, cfg.samples_per_volume)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp
                                       and not torch.cuda.is_bf16_supported())
         best_state, best = None, -1.0

@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from radcascade.cascade import Cascade
 from radcascade.patches import LesionGeometry, extract_patches
-from radcascade.stages import OrganResult
-from radcascade.preprocessing import normalize_hu, pad_to_multiple, resample, shape_at_spacing
+from radcascade.stages import OrganResult, window_logits
+from radcascade.preprocessing import pad_to_multiple, resample
 from radcascade.classifier import predict_lesions
 from radcascade.volumes import Volume
 
@@ -157,7 +156,7 @@ class CascadeUncertainty:
     @torch.no_grad()
     def _lesion_probs(self, net, x: torch.Tensor, roi, mc: bool) -> torch.Tensor:
         def run(b: torch.Tensor) -> torch.Tensor:
-            logits = sliding_window_inference(b, roi, self.batch, net, overlap=0.25, mode="gaussian")
+            logits = window_logits(net, b, roi, self.batch)
             return torch.softmax(logits.float(), 1)[:, 1]
 
         if mc:
@@ -181,8 +180,10 @@ class CascadeUncertainty:
         if not organ.found:
             return None
         # Stage 1 at its coarse grid, restricted to the (dilated) predicted organ.
-        coarse_shape = shape_at_spacing(volume.shape, volume.spacing, organ_model.checkpoint.spacing)
-        xc = resample(normalize_hu(image), coarse_shape)
+        organ_spec = c.organ_stage.spec
+        whole = organ_spec.region(volume.shape, volume.spacing, None)
+        xc = organ_spec.prepare(image, volume.spacing, whole, organ_model.checkpoint.spacing)
+        coarse_shape = tuple(xc.shape[1:])
         div = organ_model.checkpoint.spec.divisor
         organ_full = self._organ_mask_full(organ, volume.shape, image.device)
         region_c = resample(organ_full.float()[None], coarse_shape)[0] > 0.05
@@ -191,8 +192,8 @@ class CascadeUncertainty:
         tta_o = self._organ_probs(organ_model.network, xc, div, mc=False)
         # Stage 2 on its crop at fine spacing, restricted to the organ inside the crop.
         box = c.lesion_stage.crop_box(organ.box, volume.spacing, volume.shape)
-        fine_shape = shape_at_spacing(box.shape, volume.spacing, lesion_model.checkpoint.spacing)
-        xf = resample(normalize_hu(image[(slice(None),) + box.slices]), fine_shape)
+        xf = c.lesion_stage.spec.prepare(image, volume.spacing, box, lesion_model.checkpoint.spacing)
+        fine_shape = tuple(xf.shape[1:])
         region_f = F.max_pool3d(resample(organ_full[box.slices].float()[None], fine_shape)[None], 3, 1, 1)[0, 0] > 0.05
         roi = c.lesion_stage.window(fine_shape, lesion_model.checkpoint.spec.divisor)
         mc_l = self._lesion_probs(lesion_model.network, xf, roi, mc=True)

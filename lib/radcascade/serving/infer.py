@@ -27,13 +27,11 @@ import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from radcascade.cascade import Cascade, CascadeResult
-from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
-from radcascade.preprocessing import BoundingBox
+from radcascade.cascade import Cascade, CascadeResult, organ_from_label
+from radcascade.labels import ORGAN_VALUE
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.serving.reports import ReportStore
 from radcascade.serving.slicer_view import first_of
-from radcascade.stages import OrganResult
 from radcascade.volumes import Volume, atomic_write_image, label_image_like, load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
@@ -315,11 +313,9 @@ class LesionInferTask(_CascadeTask):
         with as_http_errors():
             if label_path:
                 organ_mask = self.cascade.contract.organ_mask(load_label_for(label_path, volume))
-                box = BoundingBox.of_mask(organ_mask)
-                if box is None:
+                organ = organ_from_label(organ_mask, self.cascade.device)
+                if organ is None:
                     raise client_error(422, f"{source} has no organ voxels")
-                device = self.cascade.device
-                organ = OrganResult(box, torch.from_numpy(organ_mask[box.slices]).to(device), 0.0)
                 result = self.cascade.run(volume, organ=organ)
                 result.notes.append(f"organ taken from {source}")
             else:
