@@ -1,6 +1,6 @@
 """Lesion quality of the served cascade on a fixed held-out generated set (see radcascade.lesion_quality).
 
-    .venv/bin/python benchmarks/lesion_quality.py                       # committed starting weights, 48 studies
+    .venv/bin/python benchmarks/lesion_quality.py                       # committed starting weights, 60 studies
     .venv/bin/python benchmarks/lesion_quality.py --models name=DIR ...  # compare other model folders
 
 Prints a table (value [bootstrap 95% CI]) and writes ``benchmarks/results/lesion_quality.{json,md}``.
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--studies", type=int, default=48)
+    p.add_argument("--studies", type=int, default=60)
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     p.add_argument("--models", nargs="+", default=[f"committed={REPO / 'apps/radcascade/pretrained'}"],
                    help="name=folder with organ.pt, lesion.pt (and classifier.pt)")

@@ -54,6 +54,7 @@ from radcascade.serving.infer import (
     OrganInferTask,
     SaliencyInferTask,
 )
+from radcascade.serving.options import ClassifierTrainOptions, StageTrainOptions, parse_bool
 from radcascade.serving.reports import ReportStore, report_router
 from radcascade.serving.slicer_view import slicer_train_stats
 from radcascade.serving.scoring import UncertaintyScoring
@@ -110,30 +111,15 @@ class RadCascadeApp(MONAILabelApp):
         if removed := remove_stale_model_temporaries(self.model_dir):
             logger.info("removed %d half-written model files left by a killed training run", removed)
         device = torch.device(conf["device"]) if conf.get("device") else default_device()
-        amp = str(conf.get("amp", "true")).lower() == "true"
+        amp = parse_bool(conf.get("amp", "true"), "amp")
         self.cascade = Cascade(self.contract, self.model_dir / "organ.pt", self.model_dir / "lesion.pt", device,
                                amp=amp, classifier_model=self.model_dir / "classifier.pt")
-        self.allow_download = str(conf.get("allow_download", "false")).lower() == "true"
-        self.classifier_defaults = {
-            "mode": conf.get("classifier_mode", "auto"),
-            "backbone": conf.get("classifier_backbone", "efficientnet-lite0"),
-            "weights": conf.get("classifier_weights", "imagenet"),
-            "depth": "all",
-            "classical": "logreg",
-            "max_epochs": int(conf.get("classifier_epochs", 15)),
-            "learning_rate": 1e-3,
-            "val_split": 0.25,
-            "seed": 0,
-        }
-        self.train_defaults = {
-            "max_epochs": int(conf.get("max_epochs", 30)),
-            "max_minutes": float(conf.get("max_minutes", 20)),
-            "learning_rate": 1e-3,
-            "val_split": 0.2,
-            "warm_start": True,
-            "amp": amp,
-            "seed": 0,
-        }
+        self.allow_download = parse_bool(conf.get("allow_download", "false"), "allow_download")
+        self.classifier_defaults = ClassifierTrainOptions().parse({
+            "mode": conf.get("classifier_mode"), "backbone": conf.get("classifier_backbone"),
+            "weights": conf.get("classifier_weights"), "max_epochs": conf.get("classifier_epochs")})
+        self.train_defaults = StageTrainOptions().parse(
+            {"max_epochs": conf.get("max_epochs"), "max_minutes": conf.get("max_minutes"), "amp": amp})
         super().__init__(
             app_dir=app_dir,
             studies=studies,

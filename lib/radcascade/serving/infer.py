@@ -30,6 +30,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from radcascade.cascade import Cascade, CascadeResult, organ_from_label
 from radcascade.labels import ORGAN_VALUE
 from radcascade.serving.errors import as_http_errors, client_error
+from radcascade.serving.options import parse_bool
 from radcascade.serving.reports import ReportStore
 from radcascade.serving.slicer_view import first_of
 from radcascade.volumes import Volume, atomic_write_image, label_image_like, load_label_for, load_volume
@@ -73,10 +74,8 @@ def write_result(label: np.ndarray, volume: Volume, suffix: str = ".nii.gz") -> 
 
 
 def _wants(request: dict, key: str, default: bool = False) -> bool:
-    v = first_of(request.get(key, default))
-    if v in (None, ""):
-        return default
-    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+    value = first_of(request.get(key, default))
+    return default if value in (None, "") else parse_bool(value, key)
 
 
 def renumber(label: np.ndarray, names: Dict[str, int]) -> tuple[np.ndarray, Dict[str, int]]:
