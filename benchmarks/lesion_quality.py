@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/lesion_quality.py                       # committed starting weights, 60 studies
     .venv/bin/python benchmarks/lesion_quality.py --models name=DIR ...  # compare other model folders
+    .venv/bin/python benchmarks/lesion_quality.py --choose-filter 20 --apply-to apps/radcascade/pretrained/lesion.pt
+        # choose the smallest lesion kept on 20 validation studies (seed 6000), record it in the model file
 
 Prints a table (value [bootstrap 95% CI]) and writes ``benchmarks/results/lesion_quality.{json,md}``.
 """
@@ -19,7 +21,16 @@ import torch
 
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
-from radcascade.lesion_quality import HELD_OUT_SEED, evaluate, make_held_out_set, markdown_table, summarise
+from radcascade.lesion_quality import (
+    HELD_OUT_SEED,
+    VALIDATION_SEED,
+    choose_on_validation,
+    evaluate,
+    make_held_out_set,
+    markdown_table,
+    record_choice,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +43,24 @@ def main() -> None:
                    help="name=folder with organ.pt, lesion.pt (and classifier.pt)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/lesion_quality")
+    p.add_argument("--choose-filter", type=int, default=0, metavar="N",
+                   help="choose the smallest lesion kept on N validation studies instead of evaluating")
+    p.add_argument("--apply-to", type=Path, help="lesion model file to record the choice in")
     a = p.parse_args()
+    if a.choose_filter:
+        folder = a.apply_to.parent if a.apply_to else REPO / "apps/radcascade/pretrained"
+        lesion = a.apply_to or folder / "lesion.pt"
+        cascade = Cascade(LabelContract(), folder / "organ.pt", lesion, torch.device("cpu"))
+        with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
+            choice = choose_on_validation(cascade, Path(tmp), a.choose_filter)
+        print("| smallest lesion kept (ml) | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
+        for k, v in choice.curve.items():
+            print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
+        print(f"chosen: {choice.chosen_ml} ml")
+        if a.apply_to:
+            record_choice(a.apply_to, choice, f"{a.choose_filter} validation studies, seed {VALIDATION_SEED}, "
+                                              f"{time.strftime('%Y-%m-%d')}")
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     reports, outcomes = {}, {}
     with tempfile.TemporaryDirectory(prefix="rc-heldout-") as tmp:

@@ -57,3 +57,18 @@ def test_served_cascade_on_a_small_held_out_set(tmp_path):
     assert set(report.by_protocol) == {"low-dose", "standard"}
     assert report.lesions == sum(len(o.detected) for o in outcomes)
     assert not math.isnan(report.metrics["organ Dice (mean)"].value)
+
+
+def test_smallest_lesion_kept_is_chosen_by_detections_minus_false_positives():
+    import numpy as np
+
+    from radcascade.lesion_quality import ComponentTable, choose_min_lesion_ml
+
+    # study a: a true 12 mm lesion found by a 0.8 ml component; three specks of 0.03-0.12 ml are noise
+    a = ComponentTable("a", np.array([0.8, 0.03, 0.05, 0.12]), np.array([12.0]), np.array([[0.6, 0, 0, 0]]))
+    # study b: a true 6 mm lesion found only by a 0.1 ml component
+    b = ComponentTable("b", np.array([0.1]), np.array([6.0]), np.array([[0.5]]))
+    choice = choose_min_lesion_ml([a, b], candidates=(0.02, 0.1, 0.15, 0.5))
+    assert choice.chosen_ml == 0.1  # 0.02: 2 found - 3 FP; 0.1: 2 - 1; 0.15: 1 - 0; 0.5: 1 - 0
+    assert choice.curve[0.02]["false_positives_per_study"] == 1.5
+    assert choice.curve[0.15] == {"recall": 0.5, "recall_ge_10mm": 1.0, "false_positives_per_study": 0.0}

@@ -26,7 +26,9 @@ from radcascade.stages import (
 )
 from radcascade.volumes import Volume, load_volume
 
-MIN_LESION_ML = 0.02  # components smaller than this (~3.4 mm diameter) are noise
+MIN_LESION_ML = 0.02  # default: components smaller than this (~3.4 mm diameter) are noise
+# A lesion model may carry its own threshold, chosen on validation studies (radcascade.lesion_quality).
+MIN_LESION_ML_KEY = "min_lesion_ml"
 
 
 @dataclass
@@ -109,7 +111,7 @@ class Cascade:
         lesion_model: str | Path | WarmModel,
         device: torch.device | None = None,
         amp: bool = True,
-        min_lesion_ml: float = MIN_LESION_ML,
+        min_lesion_ml: float | None = None,
         classifier_model: str | Path | WarmModel | None = None,
     ):
         self.contract = contract
@@ -122,7 +124,7 @@ class Cascade:
         self.classifier_model = as_warm(classifier_model, loader=load_classifier) if classifier_model else None
         self.organ_stage = OrganStage(self.organ_model, amp=amp)
         self.lesion_stage = LesionStage(self.lesion_model, amp=amp)
-        self.min_lesion_ml = min_lesion_ml
+        self.min_lesion_ml = min_lesion_ml  # None: the lesion model's own choice, else MIN_LESION_ML
 
     def run_file(self, path: str | Path) -> tuple[Volume, CascadeResult]:
         t0 = time.perf_counter()
@@ -156,7 +158,7 @@ class Cascade:
         lesion_mask = lesion.mask.cpu().numpy()
         lesion_prob = lesion.probability.cpu().numpy()
         label[organ.box.slices][organ_mask] = ORGAN_VALUE
-        components, kept = self._components(lesion_mask, voxel_ml)
+        components, kept = self._components(lesion_mask, voxel_ml, self.lesion_min_ml())
         objects = ndimage.find_objects(components)
         findings = [self._finding(i, comp, objects[comp - 1], components, lesion_prob, lesion.box, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
@@ -178,7 +180,7 @@ class Cascade:
         t0 = time.perf_counter()
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         out = np.where(label >= 1, ORGAN_VALUE, 0).astype(np.uint8)
-        components, kept = self._components(label >= FIRST_LESION_VALUE, 0.0)
+        components, kept = self._components(label >= FIRST_LESION_VALUE, voxel_ml, 0.0)  # every drawn lesion
         whole = BoundingBox((0, 0, 0), volume.shape)
         ones = np.broadcast_to(np.float32(1), volume.shape)
         objects = ndimage.find_objects(components)
@@ -233,14 +235,23 @@ class Cascade:
         image = torch.from_numpy(volume.array).to(self.device)
         return saliency_volume(loaded.network, image, volume.spacing, geoms, classes, ckpt.patch, volume.index_to_physical)
 
-    def _components(self, mask: np.ndarray, voxel_ml: float) -> tuple[np.ndarray, list[int]]:
-        """Connected lesions, largest first, dropping those under ``min_lesion_ml``."""
+    def lesion_min_ml(self) -> float:
+        """Smallest lesion kept: the constructor's value, else the lesion model's, else the default."""
+        if self.min_lesion_ml is not None:
+            return self.min_lesion_ml
+        loaded = self.lesion_model.get()
+        chosen = loaded.checkpoint.summary.get(MIN_LESION_ML_KEY) if loaded is not None else None
+        return float(chosen) if chosen is not None else MIN_LESION_ML
+
+    @staticmethod
+    def _components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, list[int]]:
+        """Connected lesions, largest first, dropping those under ``min_ml``."""
         components, n = ndimage.label(mask)
         if n == 0:
             return components, []
         sizes = ndimage.sum_labels(mask, components, np.arange(1, n + 1))
         order = np.argsort(-sizes)
-        kept = [int(k + 1) for k in order if sizes[k] * voxel_ml >= (self.min_lesion_ml if voxel_ml else 0)]
+        kept = [int(k + 1) for k in order if sizes[k] * voxel_ml >= min_ml]
         return components, kept
 
     def _finding(self, new_id: int, comp: int, sl, components, prob, box, volume: Volume, voxel_ml: float) -> LesionFinding:

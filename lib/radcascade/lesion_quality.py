@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
+from scipy import ndimage
 
+from radcascade.cascade import organ_from_label
 from radcascade.evaluation import dice, match_lesions
 from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
 from radcascade.sample_data import generate_datastore
 from radcascade.volumes import load_label_for, load_volume
 
 HELD_OUT_SEED = 5000
+VALIDATION_SEED = 6000  # studies for choosing post-processing: neither training (1000) nor held-out
 SIZE_BANDS_MM = ((0.0, 10.0, "<10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">20 mm"))
 MIN_IOU = 0.1
 
@@ -199,3 +203,101 @@ def markdown_table(reports: dict[str, QualityReport]) -> str:
     lines.append("| lesions per band | " + " | ".join(
         ", ".join(f"{k}: {v}" for k, v in r.lesions_by_band.items()) for r in reports.values()) + " |")
     return "\n".join(lines)
+
+
+# -- choosing the smallest lesion kept, on validation studies (nnU-Net-style post-processing) -------
+MIN_LESION_ML_CANDIDATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class ComponentTable:
+    """One study's lesion-stage components before any size filter, and their overlap with the truth."""
+
+    name: str
+    predicted_ml: np.ndarray  # volume of each predicted component
+    true_diameters_mm: np.ndarray
+    iou: np.ndarray  # [true, predicted]
+
+    def detection(self, min_ml: float) -> tuple[np.ndarray, int]:
+        """Per true lesion: detected by a kept component; and the number of kept false positives."""
+        kept = self.predicted_ml >= min_ml
+        hits = self.iou[:, kept] >= MIN_IOU
+        return hits.any(axis=1), int((~hits.any(axis=0)).sum())
+
+
+def component_table(cascade, volume, label: np.ndarray, name: str) -> ComponentTable:
+    """Run the lesion stage as served, inside the true organ (the stage judged alone), keep every component."""
+    organ = organ_from_label(label >= ORGAN_VALUE, cascade.device)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    structure = np.ones((3, 3, 3), bool)
+    truth, n_true = ndimage.label(label >= FIRST_LESION_VALUE, structure)
+    true_ml = np.bincount(truth.ravel(), minlength=n_true + 1)[1:] * voxel_ml
+    diameters = (6 * true_ml * 1000 / math.pi) ** (1 / 3)
+    if organ is None:
+        return ComponentTable(name, np.zeros(0), diameters, np.zeros((n_true, 0)))
+    image = torch.from_numpy(volume.array).to(cascade.device).unsqueeze(0)
+    lesion = cascade.lesion_stage(image, volume.spacing, organ)
+    pred = np.zeros(volume.shape, bool)
+    pred[lesion.box.slices] = lesion.mask.cpu().numpy()
+    comps, n_pred = ndimage.label(pred, structure)
+    pred_size = np.bincount(comps.ravel(), minlength=n_pred + 1)
+    iou = np.zeros((n_true, n_pred))
+    both = (truth > 0) & (comps > 0)
+    if both.any():
+        pairs, inter = np.unique(np.stack([truth[both], comps[both]]), axis=1, return_counts=True)
+        t_size = np.bincount(truth.ravel(), minlength=n_true + 1)
+        iou[pairs[0] - 1, pairs[1] - 1] = inter / (t_size[pairs[0]] + pred_size[pairs[1]] - inter)
+    return ComponentTable(name, pred_size[1:] * voxel_ml, diameters, iou)
+
+
+@dataclass(frozen=True)
+class FilterChoice:
+    """Detection at each candidate threshold, and the one chosen."""
+
+    chosen_ml: float
+    curve: dict[float, dict[str, float]]  # threshold -> recall (all, >= 10 mm), false positives per study
+
+
+def choose_min_lesion_ml(tables: Sequence[ComponentTable], candidates=MIN_LESION_ML_CANDIDATES) -> FilterChoice:
+    """The threshold with the most (lesions detected - false positives) over the studies; on a tie the
+    smallest (never trade a detection for nothing)."""
+    curve, best = {}, None
+    for min_ml in candidates:
+        detected = fps = n = n10 = detected10 = 0
+        for t in tables:
+            hit, fp = t.detection(min_ml)
+            detected, fps, n = detected + int(hit.sum()), fps + fp, n + len(hit)
+            big = t.true_diameters_mm >= 10.0
+            n10, detected10 = n10 + int(big.sum()), detected10 + int(hit[big].sum())
+        curve[min_ml] = {"recall": detected / n if n else 0.0, "recall_ge_10mm": detected10 / n10 if n10 else 0.0,
+                         "false_positives_per_study": fps / max(1, len(tables))}
+        score = detected - fps
+        if best is None or score > best[0]:
+            best = (score, min_ml)
+    return FilterChoice(best[1] if best else candidates[0], curve)
+
+
+def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED) -> FilterChoice:
+    """Generate validation studies (same mix as the held-out set) and choose the threshold on them."""
+    from radcascade.volumes import load_label_for, load_volume
+
+    held = make_held_out_set(folder, n_studies, seed)
+    tables = []
+    for name in held.names:
+        volume = load_volume(held.folder / f"{name}.nii.gz")
+        label = load_label_for(held.folder / "labels" / "final" / f"{name}.nii.gz", volume)
+        tables.append(component_table(cascade, volume, label, name))
+    return choose_min_lesion_ml(tables)
+
+
+def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
+    """Write the choice into a lesion model file's summary (atomically; the weights are unchanged)."""
+    from dataclasses import replace
+
+    from radcascade.cascade import MIN_LESION_ML_KEY
+    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(model_path)
+    summary = {**ckpt.summary, MIN_LESION_ML_KEY: choice.chosen_ml,
+               "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}, "min_lesion_ml_source": source}
+    publish_checkpoint(replace(ckpt, summary=summary), model_path)

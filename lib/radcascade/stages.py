@@ -67,6 +67,7 @@ class StageSpec:
     margin_mm: float | None  # None: the whole volume; else the organ's box plus this margin
     target: Callable[[LabelContract, np.ndarray], np.ndarray]  # binary truth from a contract label
     positive_fraction: float  # share of training patches centred on the target
+    filters_components: bool = False  # its output's smallest component kept is chosen on validation
 
     def region(self, shape, spacing, organ_box: BoundingBox | None, margin_scale: float = 1.0) -> BoundingBox:
         """Full-resolution box the stage sees (training widens the margin to leave room for jitter)."""
@@ -89,7 +90,8 @@ class StageSpec:
 
 
 ORGAN = StageSpec("organ", ORGAN_UNET, ORGAN_SPACING, None, LabelContract.organ_mask, 0.5)
-LESION = StageSpec("lesion", LESION_UNET, LESION_SPACING, LESION_MARGIN_MM, LabelContract.lesion_mask, 0.67)
+LESION = StageSpec("lesion", LESION_UNET, LESION_SPACING, LESION_MARGIN_MM, LabelContract.lesion_mask, 0.67,
+                   filters_components=True)
 STAGE_SPECS = {spec.name: spec for spec in (ORGAN, LESION)}
 
 

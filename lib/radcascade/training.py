@@ -29,7 +29,7 @@ import torch
 from monai import transforms as mt
 from monai.losses import DiceCELoss
 
-from radcascade.cascade import Cascade, served_stage_mask
+from radcascade.cascade import MIN_LESION_ML_KEY, Cascade, served_stage_mask
 from radcascade.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -39,6 +39,7 @@ from radcascade.checkpoints import (
     write_json_atomic,
 )
 from radcascade.labels import LabelContract
+from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec
 from radcascade.preprocessing import BoundingBox
 from radcascade.stages import STAGE_SPECS, StageSpec, autocast_for, default_device
@@ -236,11 +237,15 @@ class Trainer:
                 self.progress(f"not warm-starting: {e}")
         return net.to(self.device), warm
 
-    def _validate(self, net: torch.nn.Module, val: list[ValidationCase]) -> float:
-        """Pooled Dice over the validation studies of what the *served* stage answers with ``net``."""
+    def _served(self, net: torch.nn.Module, summary: dict | None = None) -> Cascade:
+        """The server's cascade running ``net`` (with ``summary``'s post-processing choices) for this stage."""
         net.eval()
-        source = FixedModel(net, Checkpoint(self.cfg.spec, {}, tuple(self.cfg.spacing), {}))
-        cascade = Cascade(self.contract, source, source, self.device, amp=self.cfg.amp)
+        source = FixedModel(net, Checkpoint(self.cfg.spec, {}, tuple(self.cfg.spacing), dict(summary or {})))
+        return Cascade(self.contract, source, source, self.device, amp=self.cfg.amp)
+
+    def _validate(self, net: torch.nn.Module, val: list[ValidationCase], summary: dict | None = None) -> float:
+        """Pooled Dice over the validation studies of what the *served* stage answers with ``net``."""
+        cascade = self._served(net, summary)
         inter = total = 0
         for case in val:
             pred = served_stage_mask(cascade, self.cfg.stage, case.volume, case.label)
@@ -248,6 +253,24 @@ class Trainer:
             inter += int(np.logical_and(pred, truth).sum())
             total += int(pred.sum() + truth.sum())
         return 1.0 if total == 0 else 2 * inter / total
+
+    def _choose_postprocessing(self, net: torch.nn.Module, val: list[ValidationCase], result: "TrainResult") -> dict:
+        """The smallest lesion kept, chosen on the validation studies with the best network (then the
+        reported Dice is re-measured with it: what is published is what was validated).  Without
+        validation studies the published model's earlier choice is kept."""
+        if not val:
+            try:
+                previous = read_checkpoint(self.model_path).summary.get(MIN_LESION_ML_KEY) if result.warm_started else None
+            except CheckpointError:
+                previous = None
+            return {MIN_LESION_ML_KEY: previous} if previous is not None else {}
+        cascade = self._served(net)
+        choice = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
+        post = {MIN_LESION_ML_KEY: choice.chosen_ml, "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}}
+        result.best_metric = round(self._validate(net, val, post), 5)
+        self.progress(f"[{self.cfg.stage}] smallest lesion kept: {choice.chosen_ml} ml (chosen on validation); "
+                      f"served validation Dice {result.best_metric}")
+        return post
 
     def fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
         cfg = self.cfg
@@ -321,7 +344,10 @@ class Trainer:
 
         if best_state is None:
             best_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        net.load_state_dict(best_state)
+        post = self._choose_postprocessing(net, val, result) if cfg.stage_spec.filters_components else {}
         summary = {
+            **post,
             "stage": cfg.stage,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()),
             "best_dice": result.best_metric,
