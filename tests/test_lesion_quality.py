@@ -59,7 +59,7 @@ def test_served_cascade_on_a_small_held_out_set(tmp_path):
     assert not math.isnan(report.metrics["organ Dice (mean)"].value)
 
 
-def test_smallest_lesion_kept_is_chosen_by_detections_minus_false_positives():
+def test_smallest_lesion_kept_keeps_big_lesions_then_detections_minus_false_positives():
     import numpy as np
 
     from radcascade.lesion_quality import ComponentTable, choose_min_lesion_ml
@@ -70,5 +70,8 @@ def test_smallest_lesion_kept_is_chosen_by_detections_minus_false_positives():
     b = ComponentTable("b", np.array([0.1]), np.array([6.0]), np.array([[0.5]]))
     choice = choose_min_lesion_ml([a, b], candidates=(0.02, 0.1, 0.15, 0.5))
     assert choice.chosen_ml == 0.1  # 0.02: 2 found - 3 FP; 0.1: 2 - 1; 0.15: 1 - 0; 0.5: 1 - 0
+    # a 10 mm lesion found only by a small component is never dropped for fewer false positives
+    c = ComponentTable("c", np.array([0.3, 0.2, 0.2, 0.2]), np.array([10.5]), np.array([[0.4, 0, 0, 0]]))
+    assert choose_min_lesion_ml([c], candidates=(0.02, 0.25, 0.5)).chosen_ml == 0.25
     assert choice.curve[0.02]["false_positives_per_study"] == 1.5
     assert choice.curve[0.15] == {"recall": 0.5, "recall_ge_10mm": 1.0, "false_positives_per_study": 0.0}

@@ -259,9 +259,10 @@ class FilterChoice:
 
 
 def choose_min_lesion_ml(tables: Sequence[ComponentTable], candidates=MIN_LESION_ML_CANDIDATES) -> FilterChoice:
-    """The threshold with the most (lesions detected - false positives) over the studies; on a tie the
-    smallest (never trade a detection for nothing)."""
-    curve, best = {}, None
+    """Among the thresholds that keep the most lesions of >= 10 mm (the ones that matter clinically;
+    never traded for fewer false positives), the one with the most (lesions detected - false
+    positives); on a tie the smallest."""
+    curve, scores = {}, {}
     for min_ml in candidates:
         detected = fps = n = n10 = detected10 = 0
         for t in tables:
@@ -271,10 +272,11 @@ def choose_min_lesion_ml(tables: Sequence[ComponentTable], candidates=MIN_LESION
             n10, detected10 = n10 + int(big.sum()), detected10 + int(hit[big].sum())
         curve[min_ml] = {"recall": detected / n if n else 0.0, "recall_ge_10mm": detected10 / n10 if n10 else 0.0,
                          "false_positives_per_study": fps / max(1, len(tables))}
-        score = detected - fps
-        if best is None or score > best[0]:
-            best = (score, min_ml)
-    return FilterChoice(best[1] if best else candidates[0], curve)
+        scores[min_ml] = (detected10, detected - fps)
+    best10 = max(s[0] for s in scores.values())
+    allowed = [m for m in candidates if scores[m][0] == best10]
+    chosen = max(allowed, key=lambda m: (scores[m][1], -m))
+    return FilterChoice(chosen, curve)
 
 
 def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED) -> FilterChoice:
