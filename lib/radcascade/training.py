@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tempfile
 import time
@@ -27,7 +28,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from monai import transforms as mt
-from monai.losses import DiceCELoss
 
 from radcascade.cascade import MIN_LESION_ML_KEY, Cascade, served_stage_mask
 from radcascade.checkpoints import (
@@ -38,6 +38,7 @@ from radcascade.checkpoints import (
     read_checkpoint,
     write_json_atomic,
 )
+from radcascade.distributed import BatchDiceCELoss, Distributed
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec
@@ -213,16 +214,25 @@ class Trainer:
         stats_path: str | Path | None = None,
         device: torch.device | None = None,
         progress: Callable[[str], None] | None = None,
+        dist: Distributed | None = None,
+        on_step: Callable[[Distributed, int, int, float], None] | None = None,
     ):
         self.cfg = cfg
         self.contract = contract
         self.model_path = Path(model_path)
         self.stats_path = Path(stats_path) if stats_path else self.model_path.with_suffix(".stats.json")
-        self.device = device or default_device()
-        self.progress = progress or (lambda msg: logger.info(msg))
+        self.dist = dist or Distributed.current()
+        self.device = device or (self.dist.device() if self.dist.active else default_device())
+        self._progress = progress or (lambda msg: logger.info(msg))
+        self.on_step = on_step  # (dist, epoch, step, loss) after every optimiser step, on every rank
+
+    def progress(self, message: str) -> None:
+        if self.dist.main:
+            self._progress(message)
 
     def _write_stats(self, result: TrainResult) -> None:
-        write_json_atomic(self.stats_path, result.to_json())
+        if self.dist.main:  # one writer: rank 0
+            write_json_atomic(self.stats_path, result.to_json())
 
     def _network(self) -> tuple[torch.nn.Module, bool]:
         net = self.cfg.spec.build()
@@ -244,14 +254,16 @@ class Trainer:
         return Cascade(self.contract, source, source, self.device, amp=self.cfg.amp)
 
     def _validate(self, net: torch.nn.Module, val: list[ValidationCase], summary: dict | None = None) -> float:
-        """Pooled Dice over the validation studies of what the *served* stage answers with ``net``."""
+        """Pooled Dice over the validation studies of what the *served* stage answers with ``net``
+        (distributed: each rank takes its share of the studies, the counts are summed)."""
         cascade = self._served(net, summary)
         inter = total = 0
-        for case in val:
+        for case in val[self.dist.rank::self.dist.world_size]:
             pred = served_stage_mask(cascade, self.cfg.stage, case.volume, case.label)
             truth = self.cfg.stage_spec.target(self.contract, case.label)
             inter += int(np.logical_and(pred, truth).sum())
             total += int(pred.sum() + truth.sum())
+        inter, total = self.dist.sum(inter, total)
         return 1.0 if total == 0 else 2 * inter / total
 
     def _choose_postprocessing(self, net: torch.nn.Module, val: list[ValidationCase], result: "TrainResult") -> dict:
@@ -291,33 +303,48 @@ class Trainer:
         val = [ValidationCase(c.name, *read_case(c, self.contract)) for c in val_cases]
 
         net, result.warm_started = self._network()
-        optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=1e-5)
+        model = net
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=1e-5)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.max_epochs, eta_min=cfg.learning_rate * 0.05)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        loss_fn = BatchDiceCELoss(distributed=self.dist.active)
         augment = _augment(cfg.patch_size, cfg.stage_spec.positive_fraction, cfg.samples_per_volume)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp
                                       and not torch.cuda.is_bf16_supported())
         best_state, best = None, -1.0
+        rank, world = self.dist.rank, self.dist.world_size
 
         for epoch in range(1, cfg.max_epochs + 1):
-            net.train()
+            model.train()
             patches = []
-            for case in train:
+            for i, case in enumerate(train):  # the same patches on every rank: seeded per study and epoch
+                augment.set_random_state(seed=(cfg.seed * 1_000_003 + epoch * 10_007 + i) % 2**32)
                 patches.extend(augment({"image": case.image, "label": case.target}))
-            order = np.random.permutation(len(patches))
+            order = np.random.RandomState((cfg.seed * 7919 + epoch) % 2**32).permutation(len(patches))
+            per_global = cfg.batch_size * world
+            n_batches = len(order) // per_global if world > 1 else math.ceil(len(order) / per_global)
             losses = []
-            for b in range(0, len(order), cfg.batch_size):
-                batch = [patches[i] for i in order[b:b + cfg.batch_size]]
+            for b in range(n_batches):
+                mine = order[b * per_global:(b + 1) * per_global][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+                batch = [patches[i] for i in mine]
                 x = torch.stack([torch.as_tensor(p["image"]) for p in batch]).to(self.device, non_blocking=True)
                 y = torch.stack([torch.as_tensor(p["label"]) for p in batch]).to(self.device, non_blocking=True)
                 optimiser.zero_grad(set_to_none=True)
                 with autocast_for(self.device, cfg.amp):
-                    logits = net(x)
+                    logits = model(x)
                 loss = loss_fn(logits.float(), y.float())
                 scaler.scale(loss).backward()
                 scaler.step(optimiser)
                 scaler.update()
                 losses.append(float(loss.detach()))
+                if self.on_step is not None:
+                    self.on_step(self.dist, epoch, b, losses[-1])
+            if not losses:
+                raise ValueError(f"{len(patches)} patches cannot fill one global batch of {per_global}")
+            losses = [self.dist.sum(float(np.mean(losses)))[0] / world]
             scheduler.step()
             result.train_loss.append(round(float(np.mean(losses)), 5))
             metric = None
@@ -338,7 +365,7 @@ class Trainer:
                 + f" ({result.total_time_s:.0f}s)"
             )
             self._write_stats(result)
-            if cfg.max_minutes and result.total_time_s > cfg.max_minutes * 60:
+            if self.dist.any(bool(cfg.max_minutes) and result.total_time_s > cfg.max_minutes * 60):
                 result.message = f"stopped after {cfg.max_minutes} min time budget"
                 break
 
@@ -356,7 +383,9 @@ class Trainer:
             "train_cases": result.train_cases,
             "val_cases": result.val_cases,
         }
-        publish_checkpoint(Checkpoint(cfg.spec, best_state, tuple(cfg.spacing), summary), self.model_path)
+        if self.dist.main:  # one publisher, at the end: a failed rank means nothing is published
+            publish_checkpoint(Checkpoint(cfg.spec, best_state, tuple(cfg.spacing), summary), self.model_path)
+        self.dist.barrier()
         result.published = True
         result.status = "DONE"
         result.total_time_s = time.time() - t_start
