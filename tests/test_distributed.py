@@ -69,3 +69,31 @@ def test_a_rank_lost_mid_epoch_fails_the_run_and_publishes_nothing(tiny_studies,
     with pytest.raises(Exception):
         spawn(2, _train_rank, _config(batch_size=1), cases, tmp_path / "lost.pt", 1, timeout_s=30)
     assert not (tmp_path / "lost.pt").exists() and not list(tmp_path.glob(".lost.pt.*"))
+
+
+@pytest.mark.server
+def test_train_with_multi_gpu_through_the_server_on_two_cpu_processes(tiny_studies, model_dir, tmp_path):
+    import time
+
+    from monailabel.client import MONAILabelClient
+
+    from conftest import start_server, stop_server
+
+    before = (model_dir / "organ.pt").stat().st_mtime_ns
+    server = start_server(tiny_studies, model_dir, tmp_path / "server.log")
+    try:
+        client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        client.train_start("organ", {"max_epochs": 1, "multi_gpu": True, "cpu_processes": 2, "val_split": 0.34})
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            status = client.train_status(False)
+            if status and status.get("status") not in ("RUNNING", "QUEUED"):
+                break
+            time.sleep(1)
+        assert status["status"] == "DONE", list(status.get("details", []))[-10:]
+        assert (model_dir / "organ.pt").stat().st_mtime_ns != before  # published
+        details = client.info()["train_details"]["organ"]
+        assert details["status"] == "DONE" and details["epochs_done"] == 1 and details["best_metric"] is not None
+        assert "2 processes" in server.log.read_text()
+    finally:
+        stop_server(server)

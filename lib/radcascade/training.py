@@ -10,6 +10,7 @@ post-processing), and publish the best model atomically.  Progress is written to
 CLI (trains the committed starting weights on generated data)::
 
     python -m radcascade.training --generate 24 --epochs 60 --out apps/radcascade/pretrained
+    torchrun --nproc_per_node 2 -m radcascade.training --studies DIR --out DIR   # every GPU of a machine
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from radcascade.checkpoints import (
     read_checkpoint,
     write_json_atomic,
 )
-from radcascade.distributed import BatchDiceCELoss, Distributed
+from radcascade.distributed import BatchDiceCELoss, Distributed, init_from_env, shutdown
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec
@@ -394,6 +395,12 @@ class Trainer:
         return result
 
 
+def train_on_rank(ctx: Distributed, cfg: TrainConfig, contract: LabelContract, model_path: Path,
+                  stats_path: Path | None, cases: Sequence[TrainingCase]) -> None:
+    """One rank of a distributed run (see :func:`radcascade.distributed.spawn`)."""
+    Trainer(cfg, contract, model_path, stats_path, dist=ctx).fit(cases)
+
+
 def cases_from_folder(studies: Path) -> list[TrainingCase]:
     """Labelled studies of a local datastore folder (labels in contract values)."""
     out = []
@@ -429,10 +436,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give --studies or --generate")
     cases = cases_from_folder(studies)
     contract = LabelContract()
-    for stage in a.stages:
-        epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
-        cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold)
-        Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True)).fit(cases)
+    dist = init_from_env()  # under torchrun: this process's rank (see radcascade.distributed)
+    try:
+        for stage in a.stages:
+            epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
+            cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold)
+            Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True), dist=dist).fit(cases)
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

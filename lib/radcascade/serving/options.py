@@ -90,9 +90,13 @@ class StageTrainOptions(TaskOptions):
     warm_start: bool = True
     amp: bool = True
     seed: int = 0
+    multi_gpu: bool = False  # one process per GPU (torch DDP); on a CPU-only server: cpu_processes (gloo)
+    cpu_processes: int = 2
 
     def check(self) -> None:
         super().check()
+        if not 1 <= self.cpu_processes <= 64:
+            raise client_error(422, f"option 'cpu_processes': {self.cpu_processes} is outside 1..64")
         if not 1 <= self.max_epochs <= MAX_EPOCHS:
             raise client_error(422, f"option 'max_epochs': {self.max_epochs} is outside 1..{MAX_EPOCHS}")
         if not 0 <= self.val_split < 1:

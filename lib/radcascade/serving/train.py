@@ -7,17 +7,19 @@ import logging
 from pathlib import Path
 from typing import Any, Dict
 
+import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from radcascade.classifier import ClassifierConfig
+from radcascade.distributed import spawn
 from radcascade.classifier_training import train_classifier_from_cases
 from radcascade.labels import LabelContract
 from radcascade.patches import PatchConfig
 from radcascade.serving.errors import as_http_errors
 from radcascade.serving.options import ClassifierTrainOptions, StageTrainOptions, TaskOptions
 from radcascade.serving.slicer_view import TrainerState
-from radcascade.training import TrainConfig, Trainer, TrainingCase
+from radcascade.training import TrainConfig, Trainer, TrainingCase, train_on_rank
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,11 @@ class StageTrainTask(_DatastoreTrainTask):
             seed=opts.seed,
         )
         cases = self.cases(datastore)
-        logger.info("training %s on %d labelled studies", self.stage, len(cases))
+        world = (torch.cuda.device_count() if torch.cuda.is_available() else opts.cpu_processes) if opts.multi_gpu else 1
+        logger.info("training %s on %d labelled studies (%d process%s)", self.stage, len(cases), world,
+                    "es" if world > 1 else "")
+        if world > 1:
+            spawn(world, train_on_rank, cfg, self.contract, self.model_path, self.stats_path, cases)
+            return self.stats()
         result = Trainer(cfg, self.contract, self.model_path, self.stats_path).fit(cases)
         return result.to_json()
