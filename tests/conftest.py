@@ -64,7 +64,8 @@ class Server:
 
 def start_server(studies: StudySet, model_dir: Path, log: Path, extra_conf: dict | None = None,
                  env: dict | None = None) -> Server:
-    conf = {"model_dir": str(model_dir), "max_epochs": "1", **(extra_conf or {})}
+    # MLflow tracking is tested on its own (tests/test_tracking.py); creating its store costs seconds.
+    conf = {"model_dir": str(model_dir), "max_epochs": "1", "tracking_uri": "off", **(extra_conf or {})}
     local = localserver.start_server(studies.folder, log, conf, env=env)
     return Server(local.url, studies, model_dir, local, log)
 

@@ -43,6 +43,7 @@ from radcascade.distributed import BatchDiceCELoss, Distributed, init_from_env, 
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec
+from radcascade.tracking import tracker_for
 from radcascade.preprocessing import BoundingBox
 from radcascade.stages import STAGE_SPECS, StageSpec, autocast_for, default_device
 from radcascade.volumes import Volume, load_label_for, load_volume
@@ -217,6 +218,7 @@ class Trainer:
         progress: Callable[[str], None] | None = None,
         dist: Distributed | None = None,
         on_step: Callable[[Distributed, int, int, float], None] | None = None,
+        tracking_uri: str | None = None,
     ):
         self.cfg = cfg
         self.contract = contract
@@ -226,6 +228,7 @@ class Trainer:
         self.device = device or (self.dist.device() if self.dist.active else default_device())
         self._progress = progress or (lambda msg: logger.info(msg))
         self.on_step = on_step  # (dist, epoch, step, loss) after every optimiser step, on every rank
+        self.tracker = tracker_for(tracking_uri if self.dist.main else None)  # MLflow, rank 0 only
 
     def progress(self, message: str) -> None:
         if self.dist.main:
@@ -286,6 +289,19 @@ class Trainer:
         return post
 
     def fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
+        """Train, validate, publish; the run is tracked (MLflow) when a tracking store is set."""
+        params = {k: v for k, v in asdict(self.cfg).items() if k != "spec"}
+        self.tracker.start(self.cfg.stage, {**params, "network": self.cfg.spec.to_dict(), "cases": len(cases),
+                                            "world_size": self.dist.world_size, "device": str(self.device)})
+        try:
+            result = self._fit(cases)
+        except BaseException:
+            self.tracker.finish("FAILED", {}, None)
+            raise
+        self.tracker.finish(result.status, {"best_metric": result.best_metric}, self.model_path)
+        return result
+
+    def _fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
         cfg = self.cfg
         t_start = time.time()
         torch.manual_seed(cfg.seed)
@@ -360,6 +376,8 @@ class Trainer:
                 result.best_metric_epoch = epoch
             result.epochs_done = epoch
             result.total_time_s = time.time() - t_start
+            self.tracker.epoch(epoch, {"train_loss": result.train_loss[-1], "val_dice": metric,
+                                       "learning_rate": optimiser.param_groups[0]["lr"]})
             self.progress(
                 f"[{cfg.stage}] epoch {epoch}/{cfg.max_epochs} loss {result.train_loss[-1]:.4f}"
                 + (f" val Dice {metric:.4f}" if metric is not None else "")
@@ -396,9 +414,9 @@ class Trainer:
 
 
 def train_on_rank(ctx: Distributed, cfg: TrainConfig, contract: LabelContract, model_path: Path,
-                  stats_path: Path | None, cases: Sequence[TrainingCase]) -> None:
+                  stats_path: Path | None, cases: Sequence[TrainingCase], tracking_uri: str | None = None) -> None:
     """One rank of a distributed run (see :func:`radcascade.distributed.spawn`)."""
-    Trainer(cfg, contract, model_path, stats_path, dist=ctx).fit(cases)
+    Trainer(cfg, contract, model_path, stats_path, dist=ctx, tracking_uri=tracking_uri).fit(cases)
 
 
 def cases_from_folder(studies: Path) -> list[TrainingCase]:

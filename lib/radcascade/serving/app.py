@@ -61,6 +61,7 @@ from radcascade.serving.scoring import UncertaintyScoring
 from radcascade.serving.strategies import MostUncertain, RandomUnlabelled
 from radcascade.serving.train import ClassifierTrainTask, StageTrainTask
 from radcascade.stages import default_device
+from radcascade.tracking import default_tracking_uri
 from radcascade.training import STAGES
 from radcascade.volumes import DEFAULT_MAX_VOXELS
 
@@ -162,12 +163,14 @@ class RadCascadeApp(MONAILabelApp):
         return str(self.studies).startswith(("http://", "https://"))
 
     def init_trainers(self) -> Dict[str, TrainTask]:
+        tracking = self.conf.get("tracking_uri") or default_tracking_uri(self.model_dir)
         tasks: Dict[str, TrainTask] = {
-            stage: StageTrainTask(stage, self.contract, self.model_dir / f"{stage}.pt", self.train_defaults)
+            stage: StageTrainTask(stage, self.contract, self.model_dir / f"{stage}.pt", self.train_defaults, tracking)
             for stage in STAGES
         }
         tasks["classifier"] = ClassifierTrainTask(self.contract, self.model_dir / "classifier.pt",
-                                                  self.classifier_defaults, PatchConfig(), self.allow_download)
+                                                  self.classifier_defaults, PatchConfig(), self.allow_download,
+                                                  tracking)
         return tasks
 
     def init_strategies(self) -> Dict[str, Strategy]:

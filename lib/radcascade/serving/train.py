@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict
 
@@ -19,6 +20,7 @@ from radcascade.patches import PatchConfig
 from radcascade.serving.errors import as_http_errors
 from radcascade.serving.options import ClassifierTrainOptions, StageTrainOptions, TaskOptions
 from radcascade.serving.slicer_view import TrainerState
+from radcascade.tracking import tracker_for
 from radcascade.training import TrainConfig, Trainer, TrainingCase, train_on_rank
 
 logger = logging.getLogger(__name__)
@@ -29,12 +31,14 @@ class _DatastoreTrainTask(TrainTask):
 
     metric_name = "validation Dice"
 
-    def __init__(self, description: str, contract: LabelContract, model_path: Path, defaults: TaskOptions):
+    def __init__(self, description: str, contract: LabelContract, model_path: Path, defaults: TaskOptions,
+                 tracking_uri: str | None = None):
         super().__init__(description)
         self.contract = contract
         self.model_path = Path(model_path)
         self.stats_path = self.model_path.with_suffix(".stats.json")
         self.defaults = defaults
+        self.tracking_uri = tracking_uri  # MLflow store every run is recorded in (None: not recorded)
 
     def config(self) -> Dict[str, Any]:
         return self.defaults.config()
@@ -81,9 +85,9 @@ class ClassifierTrainTask(_DatastoreTrainTask):
     metric_name = "validation ROC AUC"
 
     def __init__(self, contract: LabelContract, model_path: Path, defaults: ClassifierTrainOptions, patch: PatchConfig,
-                 allow_download: bool):
+                 allow_download: bool, tracking_uri: str | None = None):
         super().__init__("Train the lesion classifier (scratch, deep features, layer-wise fine-tuning or auto)",
-                         contract, model_path, defaults)
+                         contract, model_path, defaults, tracking_uri)
         self.patch = patch
         self.allow_download = allow_download
 
@@ -101,18 +105,28 @@ class ClassifierTrainTask(_DatastoreTrainTask):
             seed=opts.seed,
             allow_download=self.allow_download,
         )
-        with as_http_errors():
-            result = train_classifier_from_cases(self.cases(datastore), self.contract, cfg, self.patch,
-                                                 self.model_path, self.stats_path)
-        return result.to_json()
+        tracker = tracker_for(self.tracking_uri)
+        tracker.start("classifier", asdict(opts))
+        try:
+            with as_http_errors():
+                result = train_classifier_from_cases(self.cases(datastore), self.contract, cfg, self.patch,
+                                                     self.model_path, self.stats_path)
+        except BaseException:
+            tracker.finish("FAILED", {}, None)
+            raise
+        out = result.to_json()
+        tracker.finish(out.get("status", "DONE"), {k: out.get(k) for k in ("best_metric", "val_auc", "val_accuracy")
+                                                  if isinstance(out.get(k), (int, float))}, self.model_path)
+        return out
 
 
 class StageTrainTask(_DatastoreTrainTask):
     """Retrains one cascade stage from the corrected labels and publishes the best model atomically."""
 
-    def __init__(self, stage: str, contract: LabelContract, model_path: Path, defaults: StageTrainOptions):
+    def __init__(self, stage: str, contract: LabelContract, model_path: Path, defaults: StageTrainOptions,
+                 tracking_uri: str | None = None):
         super().__init__(f"Train the {stage} stage of the cascade from the datastore's final labels",
-                         contract, model_path, defaults)
+                         contract, model_path, defaults, tracking_uri)
         self.stage = stage
 
     def __call__(self, request, datastore: Datastore):
@@ -132,7 +146,7 @@ class StageTrainTask(_DatastoreTrainTask):
         logger.info("training %s on %d labelled studies (%d process%s)", self.stage, len(cases), world,
                     "es" if world > 1 else "")
         if world > 1:
-            spawn(world, train_on_rank, cfg, self.contract, self.model_path, self.stats_path, cases)
+            spawn(world, train_on_rank, cfg, self.contract, self.model_path, self.stats_path, cases, self.tracking_uri)
             return self.stats()
-        result = Trainer(cfg, self.contract, self.model_path, self.stats_path).fit(cases)
+        result = Trainer(cfg, self.contract, self.model_path, self.stats_path, tracking_uri=self.tracking_uri).fit(cases)
         return result.to_json()
