@@ -43,11 +43,11 @@ def bench_server(studies: Path, names: dict[str, str], repeats: int, work: Path,
         client = MONAILabelClient(server.url, tmpdir=str(work / "client"))
         out = {}
         for label, image_id in names.items():
-            client.infer("cascade", image_id, {})  # warm-up (first request loads the models)
+            client.infer("cascade", image_id, {"fresh": True})  # warm-up (first request loads the models)
             walls, results = [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                _, res = client.infer("cascade", image_id, {})
+                _, res = client.infer("cascade", image_id, {"fresh": True})
                 walls.append(time.perf_counter() - t0)
                 results.append(decode_result(res))
             out[label] = {"end_to_end_s": statistics.median(walls), "stages_s": _median_stages(results),

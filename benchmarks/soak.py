@@ -80,7 +80,7 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 if kind == "infer":
-                    c.infer("cascade", study.name, {})
+                    c.infer("cascade", study.name, {"fresh": True})
                     record("infer", t0)
                 elif kind == "save_label":
                     submitted = np.zeros_like(study.label)

@@ -204,10 +204,12 @@ class CascadeInferTask(_CascadeTask):
     """
 
     stage_names = ("organ", "lesion", "classifier")
+    options = {"fresh": False}  # run the networks even when the stored result is from the same models
 
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
-        if not _wants(request, "saliency") and (cached := self._from_original(request, t0)) is not None:
+        reuse = not (_wants(request, "saliency") or _wants(request, "fresh"))
+        if reuse and (cached := self._from_original(request, t0)) is not None:
             return cached
         volume = self._load(request)
         load_s = time.perf_counter() - t0
