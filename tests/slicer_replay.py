@@ -231,6 +231,9 @@ class SlicerModule:
         while time.time() < deadline:
             self.update_gui(self.client().info())  # every poll also refreshes the panel
             status = self.client().train_status(False)
+            if status and status.get("status") in ("SUBMITTED", "QUEUED"):
+                time.sleep(0.3)  # the module's first poll comes 5 s after Train; a run is started by then
+                continue
             if status and status.get("status") == "RUNNING":
                 view = self.monitor_training()
                 if view is not None:

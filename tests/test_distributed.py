@@ -87,7 +87,7 @@ def test_train_with_multi_gpu_through_the_server_on_two_cpu_processes(tiny_studi
         deadline = time.time() + 300
         while time.time() < deadline:
             status = client.train_status(False)
-            if status and status.get("status") not in ("RUNNING", "QUEUED"):
+            if status and status.get("status") not in ("SUBMITTED", "QUEUED", "RUNNING"):
                 break
             time.sleep(1)
         assert status["status"] == "DONE", list(status.get("details", []))[-10:]

@@ -38,6 +38,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    in_group: bool = False  # part of a process group (DDP is used, even with one process)
 
     @property
     def main(self) -> bool:
@@ -45,12 +46,12 @@ class Distributed:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        return self.in_group
 
     @classmethod
     def current(cls) -> "Distributed":
         if torch_dist.is_available() and torch_dist.is_initialized():
-            return cls(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
         return cls()
 
     def device(self) -> torch.device:
@@ -82,8 +83,8 @@ class Distributed:
 
 def init_from_env(timeout_s: float = 120.0) -> Distributed:
     """Join the process group ``torchrun`` (or :func:`spawn`) described in the environment."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Distributed()
+    if "MASTER_ADDR" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Distributed()  # a plain single process
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
