@@ -112,7 +112,11 @@ class _CascadeTask(_Saliency, InferTask):
         t1 = time.perf_counter()
         path = write_result(result.label, volume)
         result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
-        saliency = self._saliency(volume, result, request or {})
+        try:
+            saliency = self._saliency(volume, result, request or {})
+        except BaseException:  # the result file must not outlive a failed request
+            Path(path).unlink(missing_ok=True)
+            raise
         result.latencies_s["total"] = time.perf_counter() - t0
         out = result.to_json(self.cascade.contract)
         if saliency is not None:

@@ -45,6 +45,7 @@ from monailabel.utils.async_tasks.utils import processes, stop_background_task, 
 from pydantic import BaseModel
 from requests_toolbelt import MultipartEncoder
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount, Route
 
 from radcascade.serving.datastore import check_id
@@ -132,7 +133,7 @@ class GuardedRoute(APIRoute):
                 detail = _describe(e.errors())
                 logger.warning("refused request (422): %s", detail)
                 return JSONResponse({"detail": detail}, status_code=422)
-            except HTTPException:
+            except StarletteHTTPException:  # FastAPI's and Starlette's own (e.g. a malformed multipart body)
                 raise
             except MONAILabelException as e:
                 logger.warning("refused request (422): %s", e.msg)
@@ -542,5 +543,4 @@ def install_routes(app, routes: ServedRoutes, stock_groups: list[str], max_uploa
         app.include_router(router, prefix=prefix)
     app.openapi_schema = None
     routes.train.start_watchdog()
-    served = sorted({f"{m} {r.path}" for r in app.routes if isinstance(r, APIRoute) for m in r.methods})
-    return served
+    return [f"{m.upper()} {p}" for p, ops in app.openapi()["paths"].items() for m in ops]
