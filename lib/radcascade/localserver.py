@@ -42,6 +42,25 @@ class LocalServer:
         """Pids of the launcher and all its descendants (the server proper is a child of the launcher)."""
         return process_tree(self.process.pid)
 
+    def reset_peak_memory(self) -> dict[int, float]:
+        """Reset every server process's peak resident memory (``VmHWM``, Linux ``clear_refs``);
+        return their current resident memory (MiB) as the baseline for :meth:`memory_rise_mb`."""
+        base = {}
+        for pid in self.processes():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                continue
+            kb = _status_kb(pid, "VmRSS")
+            if kb is not None:
+                base[pid] = kb / 1024.0
+        return base
+
+    def memory_rise_mb(self, baseline: dict[int, float]) -> float:
+        """The largest rise of a server process's peak memory over ``baseline`` (MiB)."""
+        peaks = self.peak_memory_mb()
+        return max((peaks[pid] - rss for pid, rss in baseline.items() if pid in peaks), default=0.0)
+
     def peak_memory_mb(self) -> dict[int, float]:
         """Peak resident memory (``VmHWM``) of every live process of the server, in MiB, by pid."""
         out = {}

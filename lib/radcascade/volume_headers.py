@@ -78,6 +78,11 @@ class VolumeBudget:
 
     max_voxels: int
     max_inflation_ratio: float = 0.0  # inflated bytes per file byte; 0 = no limit (labels: bounded by their image)
+    ratio_floor_bytes: int = 64 << 20  # below this inflated size the ratio is not checked (small constant volumes)
+
+    def allows(self, inflated_bytes: int, file_bytes: int) -> bool:
+        return (not self.max_inflation_ratio or inflated_bytes <= self.ratio_floor_bytes
+                or inflated_bytes <= self.max_inflation_ratio * file_bytes)
 
 
 def volume_suffix(filename: str) -> str | None:
@@ -295,7 +300,7 @@ def check_volume_file(path: str | os.PathLike, budget: VolumeBudget, name: str |
         raise InvalidVolumeError(name, f"size {tuple(header.size[:3])} differs from its image's size "
                                        f"{tuple(expected_size)}")
     file_bytes = path.stat().st_size
-    if header.gzip and budget.max_inflation_ratio and header.data_bytes > budget.max_inflation_ratio * file_bytes:
+    if header.gzip and not budget.allows(header.data_bytes, file_bytes):
         raise InvalidVolumeError(
             name, f"inflates to {header.data_bytes} bytes from {file_bytes} ({header.data_bytes / file_bytes:.0f}x, "
                   f"more than the {budget.max_inflation_ratio:g}x a medical image compresses): refused as a "
