@@ -72,8 +72,12 @@ class LocalServer:
 
 
 def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, app_dir: Path = APP_DIR,
-                 env: dict[str, str] | None = None, timeout_s: float = 180) -> LocalServer:
-    """Run the app as a user would (``monailabel start_server``) and wait until ``/info/`` answers."""
+                 env: dict[str, str] | None = None, timeout_s: float = 180,
+                 wrapper: list[str] | None = None) -> LocalServer:
+    """Run the app as a user would (``monailabel start_server``) and wait until ``/info/`` answers.
+
+    ``wrapper`` prefixes the command (e.g. ``strace -f ... --``) to watch the whole server process tree.
+    """
     port = free_port()
     bin_dir = Path(sys.executable).parent
     full_env = {
@@ -86,7 +90,7 @@ def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, a
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    cmd = [str(bin_dir / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
+    cmd = [*(wrapper or []), str(bin_dir / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port)]
     for k, v in (conf or {}).items():
         cmd += ["--conf", k, str(v)]

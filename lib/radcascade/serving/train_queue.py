@@ -108,11 +108,18 @@ class TrainQueue:
         self._sync_runs = 0
         self._watchdog: threading.Thread | None = None
 
-    def waiting(self) -> int:
+    def _submitted(self) -> int:
         return sum(1 for t in self._tasks() if t.get("status") == "SUBMITTED")
 
     def running(self) -> int:
-        return len(self._processes()) + self._sync_runs
+        """Runs in progress; a submitted run with nothing running is about to start, so it counts here."""
+        started = len(self._processes()) + self._sync_runs
+        return started or min(1, self._submitted())
+
+    def waiting(self) -> int:
+        """Runs queued behind the running one."""
+        started = len(self._processes()) + self._sync_runs
+        return self._submitted() - (0 if started else min(1, self._submitted()))
 
     def _busy(self, why: str) -> HTTPException:
         retry = 60
@@ -152,10 +159,10 @@ class TrainQueue:
             task = self._stop_one()
             if task:
                 stopped.append(task)
-            if not self.waiting():
+            if not self._submitted():
                 break
             deadline = time.monotonic() + wait_s  # the executor starts the next queued run
-            while not self._processes() and self.waiting() and time.monotonic() < deadline:
+            while not self._processes() and self._submitted() and time.monotonic() < deadline:
                 time.sleep(0.05)
         if not stopped:
             return {}
