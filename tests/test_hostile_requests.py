@@ -176,35 +176,18 @@ def test_image_parameter_is_an_id_never_a_path(env):
 
 
 # -- uploads ---------------------------------------------------------------------------------------------
-def _bombs(env) -> list[tuple[str, str, str, Path]]:
-    folder = env["files"]
-    header = hostile.header_bomb(folder / "header-bomb.nii.gz")
-    trailing = hostile.trailing_bomb(folder / "trailing-bomb.nii.gz", _image(env))
-    ratio = hostile.ratio_bomb(folder / "ratio-bomb.nii.gz")
-    image = env["studies"].labelled[0]
-    return [
-        ("label, 1000^3 header", "PUT", f"/datastore/label?image={image}&tag=final", "label", header),
-        ("label, 1 GiB trailing zeros", "PUT", f"/datastore/label?image={image}&tag=final", "label", trailing),
-        ("image, 1000^3 header", "PUT", "/datastore/image?image=bomb", "file", header),
-        ("image, 1 GiB trailing zeros", "PUT", "/datastore/image?image=bomb", "file", trailing),
-        ("image, 1000x constant", "PUT", "/datastore/image?image=bomb", "file", ratio),
-        ("infer file, 1 GiB trailing zeros", "POST", "/infer/cascade", "file", trailing),
-        ("infer label, 1000^3 header", "POST", f"/infer/lesion?image={image}", "label", header),
-        ("session, 1000^3 header", "PUT", "/session/", "files", header),
-    ]
-
-
 def test_decompression_bombs_are_refused_before_inflating(env):
     server = env["server"].process
     before = {p: p.read_bytes() for p in env["studies"].folder.rglob("*.nii.gz")}
     rises = {}
-    for name, method, path, field, bomb in _bombs(env):
-        assert bomb.stat().st_size < 5 * 2**20
+    for bomb in hostile.bomb_uploads(env["files"], _image(env), env["studies"].labelled[0]):
+        assert bomb.file.stat().st_size < 5 * 2**20
         baseline = server.reset_peak_memory()
-        with open(bomb, "rb") as f:
-            r = requests.request(method, env["url"] + path, files={field: (bomb.name, f)}, timeout=120)
-        rises[name] = server.memory_rise_mb(baseline)
-        assert r.status_code in (413, 422), (name, r.status_code, r.text[:200])
+        with open(bomb.file, "rb") as f:
+            r = requests.request(bomb.method, env["url"] + bomb.path, files={bomb.field: (bomb.file.name, f)},
+                                 timeout=120)
+        rises[bomb.name] = server.memory_rise_mb(baseline)
+        assert r.status_code in (413, 422), (bomb.name, r.status_code, r.text[:200])
     print("peak memory rise per bomb (MiB):", {k: round(v, 1) for k, v in rises.items()})
     assert max(rises.values()) <= MEMORY_LIMIT_MB, rises
     assert {p: p.read_bytes() for p in env["studies"].folder.rglob("*.nii.gz")} == before

@@ -13,6 +13,7 @@ import io
 import struct
 import tarfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,33 @@ def inflated_size(path: Path) -> int:
                 total += len(d.decompress(piece, 1 << 24))
                 piece = d.unconsumed_tail
     return total
+
+
+@dataclass(frozen=True)
+class HostileUpload:
+    """One upload request carrying a hostile file: what the server must refuse with a 4xx."""
+
+    name: str
+    method: str
+    path: str  # with its query
+    field: str  # multipart field of the file
+    file: Path
+
+
+def bomb_uploads(folder: Path, like_image: Path, image_id: str) -> list[HostileUpload]:
+    """The decompression bombs of issue 13 (each ~1 MB on the wire) against every upload route."""
+    header = header_bomb(folder / "header-bomb.nii.gz")
+    trailing = trailing_bomb(folder / "trailing-bomb.nii.gz", like_image)
+    ratio = ratio_bomb(folder / "ratio-bomb.nii.gz")
+    label = f"/datastore/label?image={image_id}&tag=final"
+    return [
+        HostileUpload("label, 1000^3 header", "PUT", label, "label", header),
+        HostileUpload("label, 1 GiB trailing zeros", "PUT", label, "label", trailing),
+        HostileUpload("image, 1000^3 header", "PUT", "/datastore/image?image=bomb", "file", header),
+        HostileUpload("image, 1 GiB trailing zeros", "PUT", "/datastore/image?image=bomb", "file", trailing),
+        HostileUpload("image, 1000x constant", "PUT", "/datastore/image?image=bomb", "file", ratio),
+        HostileUpload("infer file, 1 GiB trailing zeros", "POST", "/infer/cascade", "file", trailing),
+        HostileUpload("infer label, 1000^3 header", "POST", f"/infer/lesion?image={image_id}", "label", header),
+        HostileUpload("session, 1000^3 header", "PUT", "/session/", "files", header),
+        HostileUpload("session, 1 GiB trailing zeros", "PUT", "/session/", "files", trailing),
+    ]

@@ -111,6 +111,14 @@ ERRORS = {
 }
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+FILE_ANSWER = {200: {"description": "The file", "content": {"application/octet-stream": _BINARY}}}
+INFER_ANSWER = {200: {"description": "The label image and the result (multipart), or either alone (output=)",
+                      "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+                          "params": {"type": "string"}, "image": {"type": "string", "format": "binary"}}}},
+                                  "application/octet-stream": _BINARY}}}
+
+
 def _describe(errors: list) -> str:
     parts = []
     for e in errors[:5]:
@@ -470,24 +478,27 @@ class ServedRoutes:
         ds.add_api_route("/image", self.remove_image, methods=["DELETE"],
                          summary="Remove an image and its labels (set aside under .radcascade/removed)")
         ds.add_api_route("/image", self.check_image, methods=["HEAD"], summary="Does the image exist")
-        ds.add_api_route("/image", self.download_image, methods=["GET"], summary="Download an image")
+        ds.add_api_route("/image", self.download_image, methods=["GET"], summary="Download an image",
+                         responses=FILE_ANSWER)
         ds.add_api_route("/image/info", self.image_info, methods=["GET"], summary="Image info")
         ds.add_api_route("/image/info", self.update_image_info, methods=["PUT"], summary="Update image info")
         ds.add_api_route("/label", self.save_label, methods=["PUT"], summary="Submit a label (label_info maps by name)")
         ds.add_api_route("/label", self.remove_label, methods=["DELETE"],
                          summary="Remove a label (kept in label history)")
         ds.add_api_route("/label", self.check_label, methods=["HEAD"], summary="Does the label exist")
-        ds.add_api_route("/label", self.download_label, methods=["GET"], summary="Download a label")
+        ds.add_api_route("/label", self.download_label, methods=["GET"], summary="Download a label",
+                         responses=FILE_ANSWER)
         ds.add_api_route("/label/info", self.label_info, methods=["GET"], summary="Label info")
         ds.add_api_route("/label/info", self.update_label_info, methods=["PUT"], summary="Update label info")
 
         inf = router("/infer", "Infer", max_upload_bytes, **upload_limits)
         inf.add_api_route("/{model}", self.infer, methods=["POST"], summary="Run a model on a datastore image, "
-                          "a session or an uploaded file")
+                          "a session or an uploaded file", responses=INFER_ANSWER)
 
         ses = router("/session", "Session", max_upload_bytes, max_fields=8, max_files=1, max_part_size=1 << 20)
         ses.add_api_route("/", self.create_session, methods=["PUT"], summary="New session with one volume file")
-        ses.add_api_route("/{session_id}", self.get_session, methods=["GET"], summary="Session info (or its image)")
+        ses.add_api_route("/{session_id}", self.get_session, methods=["GET"], summary="Session info (or its image)",
+                          responses=FILE_ANSWER)
         ses.add_api_route("/{session_id}", self.remove_session, methods=["DELETE"], summary="Remove a session")
 
         tr = router("/train", "Train", small)

@@ -1,0 +1,50 @@
+"""Schemathesis over the server's own OpenAPI (bounded): no 5xx, no schema violation, no hang.
+
+The long run (>= 30,000 cases, with strace watching every file write) is
+``benchmarks/fuzz_server.py``; this one keeps CI to a couple of minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_weights, make_studies, start_server, stop_server
+from radcascade.fuzzing import run_schemathesis
+
+pytestmark = pytest.mark.server
+TESTS = Path(__file__).parent
+MAX_EXAMPLES = 40  # per operation and phase: ~2,000 cases over the 25 operations
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_schemathesis_finds_no_server_error_schema_violation_or_hang(tmp_path):
+    studies = make_studies(tmp_path / "studies", labelled=2, unlabelled=2, seed=21)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    copy_weights(model_dir)
+    tmp, home = tmp_path / "server-tmp", tmp_path / "server-home"
+    tmp.mkdir()
+    home.mkdir()
+    server = start_server(studies, model_dir, tmp_path / "server.log", env={"TMPDIR": str(tmp), "HOME": str(home)})
+    try:
+        time.sleep(1)
+        at_start = {"tmp": _files(tmp), "home": _files(home)}
+        run = run_schemathesis(server.url, MAX_EXAMPLES, TESTS, tmp_path / "schemathesis.txt", seed=13)
+        print(f"schemathesis: {run.cases} cases in {run.seconds:.0f} s, {run.failures} failures")
+        assert run.returncode == 0 and run.failures == 0, run.report[-6000:]
+        assert run.cases >= 1000, run.report[-2000:]
+        deadline = time.time() + 15
+        while time.time() < deadline and (_files(tmp) != at_start["tmp"] or _files(home) != at_start["home"]):
+            time.sleep(0.5)
+        assert _files(tmp) - at_start["tmp"] == set()
+        assert _files(home) - at_start["home"] == set()
+        top = {p.split("/")[0] for p in _files(tmp_path)}  # nothing beside the test's own folders
+        assert top <= {"studies", "model", "server-tmp", "server-home", "server.log", "schemathesis.txt"}, top
+    finally:
+        stop_server(server)
