@@ -297,6 +297,8 @@ def atomic_write_image(image: sitk.Image, path: str | os.PathLike, compress: boo
     """
     path = Path(path)
     tmp_dir = path.parent / TMP_DIR_NAME
+    if path.parent.resolve() == Path(tempfile.gettempdir()).resolve():
+        tmp_dir = path.parent  # a result file: nothing scans the temp folder, and no folder may outlive the request
     tmp_dir.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix="write-", suffix=suffix, dir=tmp_dir)
