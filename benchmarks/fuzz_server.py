@@ -52,6 +52,15 @@ def hostile_uploads(server: localserver.LocalServer, url: str, work: Path, studi
                     "upload_mb": round(bomb.file.stat().st_size / 2**20, 2),
                     "inflates_to_mb": round(hostile.inflated_size(bomb.file) / 2**20),
                     "status": r.status_code, "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)})
+    # Control: a valid upload that is inflated in full (checks the memory measurement sees real work).
+    control = hostile.valid_image(work / "control.nii.gz")
+    baseline = server.reset_peak_memory()
+    with open(control, "rb") as f:
+        r = requests.put(f"{url}/datastore/image?image=control", files={"file": (control.name, f)}, timeout=300)
+    out.append({"name": "control: valid 256x256x64 int16 image", "route": "PUT /datastore/image",
+                "upload_mb": round(control.stat().st_size / 2**20, 2),
+                "inflates_to_mb": round(hostile.inflated_size(control) / 2**20), "status": r.status_code,
+                "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)})
     slip = hostile.tar_slip(work / "slip.tar", ["../../../../tmp/radcascade-slip.txt", str(work / "abs-slip.txt")])
     for query in ("?uncompress=true", ""):
         with open(slip, "rb") as f:
@@ -104,7 +113,9 @@ def main(argv=None) -> int:
     finally:
         server.stop()
     writes = [] if args.no_strace else file_writes(trace)
-    outside = writes_outside(writes, [studies.folder, model_dir, tmp, home]) if writes else []
+    # MONAI Label's own log (<app>/logs/app.log) is opened once at start-up by its logging config.
+    allowed = [studies.folder, model_dir, tmp, home, localserver.APP_DIR / "logs"]
+    outside = writes_outside(writes, allowed) if writes else []
     result = {
         "command": "python benchmarks/fuzz_server.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": localserver.machine_description(),
@@ -136,7 +147,8 @@ def report(r: dict) -> str:
              f"- cases: **{r['cases']}** in {len(r['rounds'])} rounds ({r['hours']} h); failures (5xx, schema, "
              f"undocumented status, hang): **{r['failures']}**; rounds with non-zero exit: {r['nonzero_exit_rounds']}",
              f"- file writes watched (strace, whole process tree): {r['writes_watched']}; outside the studies, "
-             f"model, TMPDIR and HOME folders: **{len(r['writes_outside_allowed'])}**",
+             f"model, TMPDIR and HOME folders (and MONAI Label's start-up log, <app>/logs/app.log): "
+             f"**{len(r['writes_outside_allowed'])}**",
              f"- left in TMPDIR / HOME after the run: {len(r['leftovers']['tmp'])} / {len(r['leftovers']['home'])}",
              f"- peak server memory rise: hostile uploads max **{r['max_upload_memory_rise_mb']} MiB**; fuzz rounds "
              f"(every request, inference included) max {r['max_round_memory_rise_mb']} MiB", "",

@@ -76,6 +76,15 @@ def spacing_nifti(path: Path, spacing: tuple[float, float, float], shape=(16, 16
     return _gzip_stream(path, _nifti1_header(shape, 4, 16, spacing) + bytes(2 * int(np.prod(shape))), 0)
 
 
+def valid_image(path: Path, shape=(256, 256, 64), seed: int = 0) -> Path:
+    """A plausible CT-like int16 volume (noise on a smooth body), ~4 MB compressed: the control upload."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape[::-1]), indexing="ij")
+    body = (x**2 + y**2 < 0.8).astype(np.int16) * 1000 - 1000
+    data = (body + rng.normal(0, 8, body.shape)).astype("<i2")
+    return _gzip_stream(path, _nifti1_header(shape, 4, 16, (1.5, 1.5, 3.0)) + data.tobytes(), 0)
+
+
 def tar_slip(path: Path, targets: list[str]) -> Path:
     """A tar archive whose members are named ``targets`` (e.g. ``../x``, ``/abs/x``), dated 1970."""
     with tarfile.open(path, "w") as tar:
