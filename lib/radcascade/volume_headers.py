@@ -163,6 +163,8 @@ def _nifti_header(name: str, head: bytes, compressed: bool) -> RawHeader:
         raise InvalidVolumeError(name, f"NIfTI header gives size {size}")
     if datatype not in _NIFTI_DTYPES:
         raise InvalidVolumeError(name, f"NIfTI voxel type {datatype} is not supported (scalar integers or floats)")
+    if vox_offset == 0:  # written by some tools; readers (ITK, nibabel) take it as "right after the header"
+        vox_offset = sizeof + 4
     if not math.isfinite(vox_offset) or vox_offset < sizeof or vox_offset > MAX_HEADER_BYTES:
         raise InvalidVolumeError(name, f"NIfTI data offset {vox_offset} is invalid")
     dtype = np.dtype(_NIFTI_DTYPES[datatype]).newbyteorder(order)

@@ -97,18 +97,20 @@ class RequestFolder:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def receive(self, upload: UploadFile, field: str, budget: VolumeBudget,
-                expected_size: tuple[int, ...] | None = None) -> ReceivedVolume:
+                expected_size: tuple[int, ...] | None = None, subject: str | None = None) -> ReceivedVolume:
         """Save ``upload`` under a safe name with its volume suffix and check it while streaming
-        (:func:`~radcascade.volume_headers.check_volume_file`); 415 for other file types."""
+        (:func:`~radcascade.volume_headers.check_volume_file`); 415 for other file types.
+        ``subject`` names the upload in errors the way the user knows it (default: the form field)."""
+        subject = subject or field
         suffix = volume_suffix(upload.filename or "")
         if suffix is None:
-            raise client_error(415, f"{field}: unsupported file type '{Path(upload.filename or '').name[:80]}': "
+            raise client_error(415, f"{subject}: unsupported file type '{Path(upload.filename or '').name[:80]}': "
                                     "send .nii.gz, .nii or .nrrd")
         path = self.path / f"{field}{suffix}"
         with open(path, "wb") as out:
             shutil.copyfileobj(upload.file, out, CHUNK)
-        with as_http_errors(field):
-            header = check_volume_file(path, budget, name=field, expected_size=expected_size)
+        with as_http_errors(subject):
+            header = check_volume_file(path, budget, name=subject, expected_size=expected_size)
         return ReceivedVolume(path, header)
 
 

@@ -221,7 +221,8 @@ class ServedRoutes:
         image_info = datastore.get_image_info(result["id"])
         seen = dict(image_info.get("strategy") or {})
         client = params.get("client_id", getattr(user, "username", None))
-        seen[strategy] = {"ts": int(time.time()), "client_id": str(client)[:128]}
+        client = client if client is None or isinstance(client, str) else str(client)
+        seen[strategy] = {"ts": int(time.time()), "client_id": client[:128] if client else client}
         datastore.update_image_info(result["id"], {"strategy": seen})
         return {**result, **image_info}
 
@@ -244,7 +245,7 @@ class ServedRoutes:
         if user is not None and getattr(user, "username", None):
             info["user"] = user.username
         with request_folder() as folder:
-            received = folder.receive(file, "file", self.image_budget)
+            received = folder.receive(file, "file", self.image_budget, subject=f"image '{image_id}'")
             return {"image": self._datastore().add_image(image_id, str(received.path), info)}
 
     def remove_image(self, id: str, user: User = ADMIN):
@@ -287,7 +288,8 @@ class ServedRoutes:
         with as_http_errors(f"image '{image}'"):
             size = read_geometry(image_path).size
         with request_folder() as folder:
-            received = folder.receive(label, "label", self._label_budget(), expected_size=size)
+            received = folder.receive(label, "label", self._label_budget(), expected_size=size,
+                                      subject=f"label for '{image}'")
             label_id = self._datastore().save_label(image, str(received.path), tag, info)
         return {**(self.instance.on_save_label(image, label_id) or {}), "image": image, "label": label_id}
 
@@ -327,7 +329,8 @@ class ServedRoutes:
             if label is not None:
                 with as_http_errors("image"):
                     size = read_geometry(request["image"]).size
-                request["label"] = str(folder.receive(label, "label", self._label_budget(), expected_size=size).path)
+                request["label"] = str(folder.receive(label, "label", self._label_budget(), expected_size=size,
+                                                      subject="uploaded label").path)
             with self.instance.admission.admit():
                 result = self.instance.infer(request)
             return self._infer_response(result or {}, output)
@@ -341,7 +344,7 @@ class ServedRoutes:
                 raise client_error(404, f"unknown session '{session_id[:80]}'")
             return {"image": session.image, "session": session.to_json()}
         if file is not None:
-            return {"image": str(folder.receive(file, "file", self.image_budget).path)}
+            return {"image": str(folder.receive(file, "file", self.image_budget, subject="uploaded image").path)}
         if not image:
             raise client_error(422, "no image: send ?image=<datastore id>, a session_id, or a file")
         return {"image": self._image_path(image), "image_id": image}
@@ -387,8 +390,8 @@ class ServedRoutes:
         if not 0 <= expiry <= 7 * 24 * 3600:
             raise client_error(422, f"expiry {expiry} must lie in 0..{7 * 24 * 3600} seconds")
         with request_folder() as folder:
-            received = folder.receive(files[0], "image", self.image_budget)
-            with as_http_errors("image"):
+            received = folder.receive(files[0], "image", self.image_budget, subject="session image")
+            with as_http_errors("session image"):
                 read_image(received.path, self.image_budget.max_voxels)
             session_id, info = sessions.add_session(str(received.path), expiry)
         return {"session_id": session_id, "session_info": info.to_json()}
