@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_weights, make_studies, start_server, stop_server
+from conftest import start_isolated_server, stop_server
 from radcascade.fuzzing import run_schemathesis
 
 pytestmark = pytest.mark.server
@@ -24,16 +24,9 @@ def _files(folder: Path) -> set[str]:
 
 
 def test_schemathesis_finds_no_server_error_schema_violation_or_hang(tmp_path):
-    studies = make_studies(tmp_path / "studies", labelled=2, unlabelled=2, seed=21)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    copy_weights(model_dir)
-    tmp, home = tmp_path / "server-tmp", tmp_path / "server-home"
-    tmp.mkdir()
-    home.mkdir()
-    server = start_server(studies, model_dir, tmp_path / "server.log", env={"TMPDIR": str(tmp), "HOME": str(home)})
+    isolated = start_isolated_server(tmp_path, labelled=2, unlabelled=2, seed=21)
+    server, tmp, home = isolated.server, isolated.tmp, isolated.home
     try:
-        time.sleep(1)
         at_start = {"tmp": _files(tmp), "home": _files(home)}
         run = run_schemathesis(server.url, MAX_EXAMPLES, TESTS, tmp_path / "schemathesis.txt", seed=13)
         print(f"schemathesis: {run.cases} cases in {run.seconds:.0f} s, {run.failures} failures")

@@ -22,7 +22,7 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
-from conftest import copy_weights, make_studies, start_server, stop_server
+from conftest import start_isolated_server, stop_server
 from radcascade import hostile
 from radcascade.serving.train_queue import TrainPolicy, TrainQueue
 
@@ -41,15 +41,8 @@ def _dirs(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
-    studies = make_studies(root / "studies", labelled=2, unlabelled=2, seed=13)
-    model_dir = root / "model"
-    model_dir.mkdir()
-    copy_weights(model_dir)
-    tmp, home = root / "server-tmp", root / "server-home"
-    tmp.mkdir()
-    home.mkdir()
-    server = start_server(studies, model_dir, root / "server.log", env={"TMPDIR": str(tmp), "HOME": str(home)})
-    time.sleep(1)  # start-up writes (logging config, library caches) are not per request
+    isolated = start_isolated_server(root, labelled=2, unlabelled=2, seed=13)
+    server, studies, tmp, home = isolated.server, isolated.server.studies, isolated.tmp, isolated.home
     at_start = {"tmp": _files(tmp), "home": _files(home), "home_dirs": _dirs(home)}
     files = root / "files"
     files.mkdir()
