@@ -302,3 +302,13 @@ def test_temp_and_cache_folders_are_back_to_their_start_state(env):
     assert now["home_dirs"] - start["home_dirs"] == set()
     assert set(now["home"]) - set(start["home"]) == set()
     shutil.rmtree(env["files"], ignore_errors=True)
+
+
+def test_stock_route_groups_are_named_and_checked():
+    from radcascade.serving.routes import _stock_routers, parse_stock_groups
+
+    assert parse_stock_groups(" logs, dataset ") == ["logs", "dataset"]
+    with pytest.raises(ValueError, match="unknown stock_routes"):
+        parse_stock_groups("logs,sesion")
+    paths = {r.path for router in _stock_routers(["logs", "dataset"]) for r in router.routes}
+    assert paths == {"/logs/", "/logs/gpu", "/datastore/dataset"}
