@@ -58,7 +58,7 @@ from radcascade.serving.guards import (
     request_folder,
 )
 from radcascade.serving.train_queue import TrainPolicy, TrainQueue, check_train_options
-from radcascade.volume_headers import VolumeBudget
+from radcascade.volume_headers import VolumeBudget, volume_suffix
 from radcascade.volumes import read_geometry, read_image
 
 logger = logging.getLogger(__name__)
@@ -239,9 +239,8 @@ class ServedRoutes:
                   user: User = ANNOTATOR):
         info = json_object(params, "params")
         name = Path(file.filename or "").name
-        image_id = image or next((name[: -len(s)] for s in (".nii.gz", ".nii", ".nrrd") if name.lower().endswith(s)),
-                                 name)
-        check_id("image id", image_id)
+        suffix = volume_suffix(name) or ""
+        image_id = check_id("image id", image or name[: len(name) - len(suffix)])
         if user is not None and getattr(user, "username", None):
             info["user"] = user.username
         with request_folder() as folder:
