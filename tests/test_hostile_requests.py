@@ -138,6 +138,10 @@ def test_former_server_errors_are_client_errors(env):
     _expect(requests.put(f"{url}/datastore/label/info?label={image}&tag=final",
                          data={"info": json.dumps({"label_info": [{"name": "spleen", "idx": 1}]})}, timeout=30),
             422, "label_info")
+    # Info the strategies read (who was served what, uncertainty scores) is the server's to write.
+    for key in ("strategy", "uncertainty"):
+        _expect(requests.put(f"{url}/datastore/image/info?image={image}", data={"info": json.dumps({key: "x"})},
+                             timeout=30), 422, key)
     # The connection stays usable after refusals (no dropped keep-alive).
     with requests.Session() as s:
         for _ in range(3):

@@ -50,6 +50,7 @@ from starlette.routing import Mount, Route
 
 from radcascade.serving.datastore import check_id
 from radcascade.serving.errors import as_http_errors, client_error
+from radcascade.serving.scoring import INFO_KEY as SCORE_KEY
 from radcascade.serving.guards import (
     RequestFolder,
     body_object,
@@ -82,7 +83,7 @@ STOCK_GROUPS = {
 KEPT_APP_PATHS = {"/", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/favicon.ico"}
 INFER_RESERVED = ("image", "image_id", "model", "label", "file", "session", "session_id", "save_label", "label_tag",
                   "description", "device")
-IMAGE_INFO_RESERVED = ("name", "ts", "path", "ext")
+IMAGE_INFO_RESERVED = ("name", "ts", "path", "ext", "strategy", SCORE_KEY)  # kept by the server and its strategies
 LABEL_INFO_RESERVED = ("name", "ts", "path", "ext", "label_info", "submitted_label_info", "ignored_label_info",
                        "label_counts")
 CHECKSUM_ALGORITHMS = ("SHA256", "SHA512", "SHA1", "MD5")
