@@ -50,7 +50,6 @@ from starlette.routing import Mount, Route
 
 from radcascade.serving.datastore import check_id
 from radcascade.serving.errors import as_http_errors, client_error
-from radcascade.serving.scoring import INFO_KEY as SCORE_KEY
 from radcascade.serving.guards import (
     RequestFolder,
     body_object,
@@ -58,6 +57,7 @@ from radcascade.serving.guards import (
     json_object,
     request_folder,
 )
+from radcascade.serving.scoring import INFO_KEY as SCORE_KEY
 from radcascade.serving.train_queue import TrainPolicy, TrainQueue, check_train_options
 from radcascade.volume_headers import VolumeBudget, volume_suffix
 from radcascade.volumes import read_geometry, read_image
