@@ -22,6 +22,9 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1000, help="seed of the first round (+1 per round)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fuzz_server")
     ap.add_argument("--no-strace", action="store_true", help="do not watch writes (strace not available)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (studies, logs, strace log)")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the server on the way out (finally below)
 
     work = Path(tempfile.mkdtemp(prefix="fuzz-server-"))
     studies = make_studies(work / "studies", labelled=3, unlabelled=3, seed=31)
@@ -118,6 +123,8 @@ def main(argv=None) -> int:
     outside = writes_outside(writes, allowed) if writes else []
     result = {
         "command": "python benchmarks/fuzz_server.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "machine": localserver.machine_description(),
         "date": datetime.date.today().isoformat(),
         "cases": sum(r["cases"] for r in rounds),
@@ -136,6 +143,10 @@ def main(argv=None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(report(result))
     print(report(result))
+    if args.keep:
+        print(f"work folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     ok = (not result["failures"] and not result["nonzero_exit_rounds"] and not outside
           and not leftovers["tmp"] and not leftovers["home"])
     return 0 if ok else 1
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
 
 def report(r: dict) -> str:
     lines = [f"# Reliability: schemathesis over every route ({r['date']})", "",
-             f"Command: `{r['command']}`  ", f"Machine: {r['machine']}", "",
+             f"Command: `{r['command']}` (commit {r['commit']})  ", f"Machine: {r['machine']}", "",
              f"- cases: **{r['cases']}** in {len(r['rounds'])} rounds ({r['hours']} h); failures (5xx, schema, "
              f"undocumented status, hang): **{r['failures']}**; rounds with non-zero exit: {r['nonzero_exit_rounds']}",
              f"- file writes watched (strace, whole process tree): {r['writes_watched']}; outside the studies, "
