@@ -44,6 +44,16 @@ def _state(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+def warm_up(server: localserver.LocalServer, url: str, studies) -> dict:
+    """One inference per model on a study (networks loaded, buffers allocated), with its memory rise:
+    the rounds after it then show the steady state."""
+    baseline = server.reset_peak_memory()
+    models = sorted(requests.get(f"{url}/info/", timeout=60).json()["models"])
+    codes = [requests.post(f"{url}/infer/{m}?image={studies.labelled[0]}&output=json", timeout=300).status_code
+             for m in models]
+    return {"models": models, "status": codes, "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)}
+
+
 def hostile_uploads(server: localserver.LocalServer, url: str, work: Path, studies) -> list[dict]:
     image = studies.folder / f"{studies.labelled[0]}.nii.gz"
     out = []
@@ -100,6 +110,7 @@ def main(argv=None) -> int:
     try:
         time.sleep(2)
         at_start = {"tmp": _state(tmp), "home": _state(home)}
+        warmup = warm_up(server, server.url, studies)
         uploads = hostile_uploads(server, server.url, files, studies)
         total = 0
         seed = args.seed
@@ -132,6 +143,7 @@ def main(argv=None) -> int:
         "nonzero_exit_rounds": sum(1 for r in rounds if r["exit_code"]),
         "hours": round((time.time() - started) / 3600, 2),
         "rounds": rounds,
+        "warm_up": warmup,
         "hostile_uploads": uploads,
         "max_upload_memory_rise_mb": max((u.get("memory_rise_mb", 0) for u in uploads), default=0),
         "max_round_memory_rise_mb": max((r["memory_rise_mb"] for r in rounds), default=0),
@@ -162,7 +174,8 @@ def report(r: dict) -> str:
              f"**{len(r['writes_outside_allowed'])}**",
              f"- left in TMPDIR / HOME after the run: {len(r['leftovers']['tmp'])} / {len(r['leftovers']['home'])}",
              f"- peak server memory rise: hostile uploads max **{r['max_upload_memory_rise_mb']} MiB**; fuzz rounds "
-             f"(every request, inference included) max {r['max_round_memory_rise_mb']} MiB", "",
+             f"(every request, inference included) max {r['max_round_memory_rise_mb']} MiB; warm-up (one inference "
+             f"per model, {r['warm_up']['status']}) {r['warm_up']['memory_rise_mb']} MiB", "",
              "| hostile upload | route | MB sent | inflates to MB | status | memory rise MiB |", "|---|---|---|---|---|---|"]
     for u in r["hostile_uploads"]:
         lines.append(f"| {u['name']} | {u['route']} | {u['upload_mb']} | {u.get('inflates_to_mb', '')} | {u['status']} "
