@@ -95,6 +95,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the server on the way out (finally below)
 
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # the code the server runs
     work = Path(tempfile.mkdtemp(prefix="fuzz-server-"))
     studies = make_studies(work / "studies", labelled=3, unlabelled=3, seed=31)
     model_dir, tmp, home, files = work / "model", work / "server-tmp", work / "server-home", work / "files"
@@ -134,8 +136,7 @@ def main(argv=None) -> int:
     outside = writes_outside(writes, allowed) if writes else []
     result = {
         "command": "python benchmarks/fuzz_server.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": commit,
         "machine": localserver.machine_description(),
         "date": datetime.date.today().isoformat(),
         "cases": sum(r["cases"] for r in rounds),
