@@ -238,10 +238,8 @@ def read_label(path: str | os.PathLike, expected: Geometry) -> sitk.Image:
     """
     path = Path(path)
     if path.is_file():
-        reader = _read_header(path)
-        size = tuple(reader.GetSize()[:3]) if reader.GetDimension() in (3, 4) else tuple(reader.GetSize())
-        if reader.GetDimension() == 4 and reader.GetSize()[3] != 1:
-            size = tuple(reader.GetSize())
+        dims = tuple(_read_header(path).GetSize())
+        size = dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
         if size != tuple(expected.size):
             raise InvalidVolumeError("label", f"size {size} differs from its image's size {expected.size}")
     label = read_image(path, max_voxels=max(8, int(np.prod(expected.size, dtype=np.int64))))
