@@ -28,7 +28,8 @@ def test_schemathesis_finds_no_server_error_schema_violation_or_hang(tmp_path):
     server, tmp, home = isolated.server, isolated.tmp, isolated.home
     try:
         at_start = {"tmp": _files(tmp), "home": _files(home)}
-        run = run_schemathesis(server.url, MAX_EXAMPLES, TESTS, tmp_path / "schemathesis.txt", seed=13)
+        (tmp_path / "fuzzer").mkdir()  # the fuzzer's report and caches (.hypothesis, .schemathesis)
+        run = run_schemathesis(server.url, MAX_EXAMPLES, TESTS, tmp_path / "fuzzer" / "report.txt", seed=13)
         print(f"schemathesis: {run.cases} cases in {run.seconds:.0f} s, {run.failures} failures")
         assert run.returncode == 0 and run.failures == 0, run.report[-6000:]
         assert run.cases >= 1000, run.report[-2000:]
@@ -38,6 +39,6 @@ def test_schemathesis_finds_no_server_error_schema_violation_or_hang(tmp_path):
         assert _files(tmp) - at_start["tmp"] == set()
         assert _files(home) - at_start["home"] == set()
         top = {p.split("/")[0] for p in _files(tmp_path)}  # nothing beside the test's own folders
-        assert top <= {"studies", "model", "server-tmp", "server-home", "server.log", "schemathesis.txt"}, top
+        assert top <= {"studies", "model", "server-tmp", "server-home", "server.log", "fuzzer"}, top
     finally:
         stop_server(server)

@@ -60,7 +60,7 @@ def run_schemathesis(url: str, max_examples: int, hooks_dir: Path, report: Path,
            "PYTHONPATH": os.pathsep.join([str(hooks_dir), os.environ.get("PYTHONPATH", "")]),
            "RADCASCADE_FUZZ_VALUES": json.dumps(values if values is not None else fuzz_values(url))}
     t0 = time.perf_counter()
-    # cwd: schemathesis keeps a crash cache (.schemathesis/) in its working folder
+    # cwd: schemathesis and hypothesis keep caches (.schemathesis/, .hypothesis/) in the working folder
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace", cwd=report.parent)
     seconds = time.perf_counter() - t0
     text = proc.stdout + proc.stderr
