@@ -70,7 +70,7 @@ def hostile_uploads(server: localserver.LocalServer, url: str, work: Path, studi
     baseline = server.reset_peak_memory()
     with open(control, "rb") as f:
         r = requests.put(f"{url}/datastore/image?image=control", files={"file": (control.name, f)}, timeout=300)
-    out.append({"name": "control: valid 256x256x64 int16 image", "route": "PUT /datastore/image",
+    out.append({"name": "control: valid 512x512x160 int16 image", "route": "PUT /datastore/image",
                 "upload_mb": round(control.stat().st_size / 2**20, 2),
                 "inflates_to_mb": round(hostile.inflated_size(control) / 2**20), "status": r.status_code,
                 "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)})

@@ -76,13 +76,16 @@ def spacing_nifti(path: Path, spacing: tuple[float, float, float], shape=(16, 16
     return _gzip_stream(path, _nifti1_header(shape, 4, 16, spacing) + bytes(2 * int(np.prod(shape))), 0)
 
 
-def valid_image(path: Path, shape=(256, 256, 64), seed: int = 0) -> Path:
-    """A plausible CT-like int16 volume (noise on a smooth body), ~4 MB compressed: the control upload."""
+def valid_image(path: Path, shape=(512, 512, 160), seed: int = 0) -> Path:
+    """A plausible CT-like int16 volume (air, a body, a noisy organ): 80 MB of voxels in ~3.5 MB of
+    gzip (22x, within the default inflation limit). The control upload: large enough that its
+    inflation shows in the server's peak memory (a buffer that size is freshly mapped)."""
     rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape[::-1]), indexing="ij")
-    body = (x**2 + y**2 < 0.8).astype(np.int16) * 1000 - 1000
-    data = (body + rng.normal(0, 8, body.shape)).astype("<i2")
-    return _gzip_stream(path, _nifti1_header(shape, 4, 16, (1.5, 1.5, 3.0)) + data.tobytes(), 0)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape[::-1]), indexing="ij")
+    data = np.where(x**2 + y**2 < 0.6, 40, -1000).astype("<i2")
+    organ = (x - 0.2) ** 2 + (y + 0.1) ** 2 + (z * 0.5) ** 2 < 0.2
+    data[organ] += (60 + rng.normal(0, 4, int(organ.sum()))).astype("<i2")
+    return _gzip_stream(path, _nifti1_header(shape, 4, 16, (0.8, 0.8, 2.0)) + data.tobytes(), 0)
 
 
 def tar_slip(path: Path, targets: list[str]) -> Path:
