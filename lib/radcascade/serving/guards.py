@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import re
 import shutil
@@ -22,7 +21,6 @@ from fastapi import UploadFile
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.volume_headers import CHUNK, RawHeader, VolumeBudget, check_volume_file, volume_suffix
 
-logger = logging.getLogger(__name__)
 
 MAX_JSON_CHARS = 1 << 20
 MAX_JSON_DEPTH = 32
