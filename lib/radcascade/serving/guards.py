@@ -21,7 +21,6 @@ from fastapi import UploadFile
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.volume_headers import CHUNK, RawHeader, VolumeBudget, check_volume_file, volume_suffix
 
-
 MAX_JSON_CHARS = 1 << 20
 MAX_JSON_DEPTH = 32
 SESSION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
