@@ -40,6 +40,11 @@ from radcascade import hostile, localserver  # noqa: E402
 from radcascade.fuzzing import file_writes, run_schemathesis, strace_wrapper, writes_outside  # noqa: E402
 
 
+def _mb(value: float | None) -> float | None:
+    """MiB to one decimal; None = not measurable here (/proc/<pid>/clear_refs closed)."""
+    return None if value is None else round(value, 1)
+
+
 def _state(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
@@ -51,7 +56,7 @@ def warm_up(server: localserver.LocalServer, url: str, studies) -> dict:
     models = sorted(requests.get(f"{url}/info/", timeout=60).json()["models"])
     codes = [requests.post(f"{url}/infer/{m}?image={studies.labelled[0]}&output=json", timeout=300).status_code
              for m in models]
-    return {"models": models, "status": codes, "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)}
+    return {"models": models, "status": codes, "memory_rise_mb": _mb(server.memory_rise_mb(baseline))}
 
 
 def hostile_uploads(server: localserver.LocalServer, url: str, work: Path, studies) -> list[dict]:
@@ -64,7 +69,7 @@ def hostile_uploads(server: localserver.LocalServer, url: str, work: Path, studi
         out.append({"name": bomb.name, "route": f"{bomb.method} {bomb.path.split('?')[0]}",
                     "upload_mb": round(bomb.file.stat().st_size / 2**20, 2),
                     "inflates_to_mb": round(hostile.inflated_size(bomb.file) / 2**20),
-                    "status": r.status_code, "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)})
+                    "status": r.status_code, "memory_rise_mb": _mb(server.memory_rise_mb(baseline))})
     # Control: a valid upload that is inflated in full (checks the memory measurement sees real work).
     control = hostile.valid_image(work / "control.nii.gz")
     baseline = server.reset_peak_memory()
@@ -73,7 +78,7 @@ def hostile_uploads(server: localserver.LocalServer, url: str, work: Path, studi
     out.append({"name": "control: valid 512x512x160 int16 image", "route": "PUT /datastore/image",
                 "upload_mb": round(control.stat().st_size / 2**20, 2),
                 "inflates_to_mb": round(hostile.inflated_size(control) / 2**20), "status": r.status_code,
-                "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)})
+                "memory_rise_mb": _mb(server.memory_rise_mb(baseline))})
     slip = hostile.tar_slip(work / "slip.tar", ["../../../../tmp/radcascade-slip.txt", str(work / "abs-slip.txt")])
     for query in ("?uncompress=true", ""):
         with open(slip, "rb") as f:
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
             run = run_schemathesis(server.url, args.examples, REPO / "tests", work / f"round-{seed}.txt", seed=seed)
             total += run.cases
             rounds.append({"seed": seed, "cases": run.cases, "failures": run.failures, "exit_code": run.returncode,
-                           "seconds": round(run.seconds), "memory_rise_mb": round(server.memory_rise_mb(baseline), 1)})
+                           "seconds": round(run.seconds), "memory_rise_mb": _mb(server.memory_rise_mb(baseline))})
             print(json.dumps(rounds[-1]), flush=True)
             if run.failures or run.returncode:
                 print(run.report[-8000:])
@@ -146,8 +151,10 @@ def main(argv=None) -> int:
         "rounds": rounds,
         "warm_up": warmup,
         "hostile_uploads": uploads,
-        "max_upload_memory_rise_mb": max((u.get("memory_rise_mb", 0) for u in uploads), default=0),
-        "max_round_memory_rise_mb": max((r["memory_rise_mb"] for r in rounds), default=0),
+        "max_upload_memory_rise_mb": max((u["memory_rise_mb"] for u in uploads if u.get("memory_rise_mb") is not None),
+                                         default=None),
+        "max_round_memory_rise_mb": max((r["memory_rise_mb"] for r in rounds if r["memory_rise_mb"] is not None),
+                                        default=None),
         "writes_watched": len(writes),
         "writes_outside_allowed": [w.__dict__ for w in outside],
         "leftovers": leftovers,

@@ -56,10 +56,12 @@ class LocalServer:
                 base[pid] = kb / 1024.0
         return base
 
-    def memory_rise_mb(self, baseline: dict[int, float]) -> float:
-        """The largest rise of a server process's peak memory over ``baseline`` (MiB)."""
+    def memory_rise_mb(self, baseline: dict[int, float]) -> float | None:
+        """The largest rise of a server process's peak memory over ``baseline`` (MiB); None when
+        nothing could be reset (no measurement, rather than a reassuring 0)."""
         peaks = self.peak_memory_mb()
-        return max((peaks[pid] - rss for pid, rss in baseline.items() if pid in peaks), default=0.0)
+        rises = [peaks[pid] - rss for pid, rss in baseline.items() if pid in peaks]
+        return max(rises) if rises else None
 
     def peak_memory_mb(self) -> dict[int, float]:
         """Peak resident memory (``VmHWM``) of every live process of the server, in MiB, by pid."""
