@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,25 @@ def start_server(studies: StudySet, model_dir: Path, log: Path, extra_conf: dict
 
 def stop_server(server: Server) -> None:
     server.process.stop()
+
+
+@dataclass
+class IsolatedServer:
+    """A server with its own temp folder and home (so what it leaves there is measurable)."""
+
+    server: Server
+    tmp: Path
+    home: Path
+
+
+def start_isolated_server(root: Path, labelled: int, unlabelled: int, seed: int) -> IsolatedServer:
+    """Generated studies, a copy of the starting weights, and a real server with TMPDIR and HOME under ``root``."""
+    studies = make_studies(root / "studies", labelled=labelled, unlabelled=unlabelled, seed=seed)
+    model_dir = root / "model"
+    tmp, home = root / "server-tmp", root / "server-home"
+    for folder in (model_dir, tmp, home):
+        folder.mkdir()
+    copy_weights(model_dir)
+    server = start_server(studies, model_dir, root / "server.log", env={"TMPDIR": str(tmp), "HOME": str(home)})
+    time.sleep(1)  # start-up writes (logging config, library caches) are not per request
+    return IsolatedServer(server, tmp, home)

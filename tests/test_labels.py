@@ -53,3 +53,33 @@ def test_background_name_maps_to_zero():
     c = LabelContract()
     out = c.remap_by_name(np.array([0, 5, 6]), [{"name": "Background", "idx": 5}, {"name": "liver", "idx": 6}])
     np.testing.assert_array_equal(out, [0, 0, 1])
+
+
+@pytest.mark.parametrize("label_info,problem", [
+    ("liver", "must be a list"),
+    ([{"name": "liver", "idx": "one"}], "not an integer"),
+    ([{"name": "liver", "idx": 10**12}], "outside"),
+    ([{"name": "liver", "idx": 2**63}], "outside"),
+    ([{"name": "liver", "idx": True}], "not an integer"),
+    ([["liver", 1]], "is not a {name, idx} object"),
+    ([{"name": 5, "idx": 1}], "must be a string"),
+])
+def test_malformed_label_info_is_refused_with_its_problem(label_info, problem):
+    with pytest.raises(LabelContractError, match=problem):
+        LabelContract().remap_by_name(np.array([0, 1]), label_info)
+
+
+def test_unknown_name_without_voxels_is_ignored_with_voxels_refused():
+    c = LabelContract()
+    info = [{"name": "liver", "idx": 1}, {"name": "Segment_4", "idx": 4}]
+    out = c.remap_submitted(np.array([0, 1, 1]), info)
+    np.testing.assert_array_equal(out.label, [0, 1, 1])
+    assert out.ignored == ("Segment_4",)
+    with pytest.raises(LabelContractError, match="Segment_4"):
+        c.remap_submitted(np.array([0, 1, 4]), info)
+
+
+def test_remap_needs_no_table_as_large_as_the_largest_value():
+    info = [{"name": "liver", "idx": 2**31 - 1}]
+    out = LabelContract().remap_by_name(np.array([0, 2**31 - 1], dtype=np.int64), info)
+    np.testing.assert_array_equal(out, [0, 1])

@@ -1,6 +1,12 @@
+import gzip
+import time
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+from radcascade import hostile
+from radcascade.volume_headers import VolumeBudget, check_volume_file
 
 from radcascade.volumes import (
     InvalidVolumeError,
@@ -8,7 +14,9 @@ from radcascade.volumes import (
     label_image_like,
     load_label_for,
     load_volume,
+    read_geometry,
     read_image,
+    read_label,
 )
 
 
@@ -101,3 +109,53 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_image(_image(np.zeros((3, 3, 3), np.int16)), tmp_path / "a.nii.gz")
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["a.nii.gz"]
     assert not list((tmp_path / ".tmp").iterdir())
+
+
+# -- raw headers and streaming checks (issue 13) ------------------------------------------------------
+
+def test_nan_voxels_and_spacing_are_checked_as_written(tmp_path):
+    nan = hostile.nan_nifti(tmp_path / "nan.nii.gz")
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(nan))).min() == 0  # what ITK alone would accept
+    with pytest.raises(InvalidVolumeError, match="NaN"):
+        read_image(nan)
+    for spacing in ((0.0, 1.0, 1.0), (1.0, float("nan"), 1.0)):
+        path = hostile.spacing_nifti(tmp_path / "spacing.nii.gz", spacing)
+        assert sitk.ReadImage(str(path)).GetSpacing() == (1.0, 1.0, 1.0)  # ITK's reading
+        with pytest.raises(InvalidVolumeError, match="spacing"):
+            read_image(path)
+
+
+def test_bombs_are_refused_before_inflating(tmp_path):
+    image = tmp_path / "image.nii.gz"
+    hostile._gzip_stream(image, hostile._nifti1_header((32, 32, 16), 4, 16) + bytes(32 * 32 * 16 * 2), 0)
+    check_volume_file(image, VolumeBudget(10**9, 32))
+    trailing = hostile.trailing_bomb(tmp_path / "trailing.nii.gz", image, trailing_bytes=200 << 20)
+    with pytest.raises(InvalidVolumeError, match="trailing data") as e:
+        check_volume_file(trailing, VolumeBudget(10**9, 32))
+    assert e.value.too_large
+    ratio = hostile.ratio_bomb(tmp_path / "ratio.nii.gz", shape=(400, 400, 400))
+    with pytest.raises(InvalidVolumeError, match="decompression bomb"):
+        check_volume_file(ratio, VolumeBudget(10**9, 32))
+    with pytest.raises(InvalidVolumeError, match="differs from its image"):
+        check_volume_file(ratio, VolumeBudget(10**9), expected_size=(32, 32, 16))
+
+
+def test_label_size_is_compared_before_reading_voxels(tmp_path):
+    bomb = hostile.header_bomb(tmp_path / "bomb.nii.gz", side=600)
+    expected = read_geometry(hostile.spacing_nifti(tmp_path / "img.nii.gz", (1.0, 1.0, 1.0)))
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidVolumeError, match="size"):
+        read_label(bomb, expected)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_multi_member_gzip_and_detached_nrrd(tmp_path):
+    header = hostile._nifti1_header((8, 8, 8), 4, 16)
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(header) + gzip.compress(bytes(8 * 8 * 8 * 2)))
+    assert check_volume_file(path, VolumeBudget(10**6, 32)).size == (8, 8, 8)
+    detached = tmp_path / "detached.nrrd"
+    detached.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n"
+                         b"data file: /etc/passwd\n\n")
+    with pytest.raises(InvalidVolumeError, match="detached"):
+        read_image(detached)

@@ -36,6 +36,62 @@ class LabelContractError(ValueError):
     """A label does not follow the contract (unknown name, value outside the contract, ...)."""
 
 
+MAX_LABEL_INFO_ENTRIES = 256
+MAX_LABEL_NAME_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class LabelInfoEntry:
+    """One ``{"name", "idx"}`` pair of Slicer's ``label_info``."""
+
+    name: str
+    idx: int
+
+
+@dataclass(frozen=True)
+class RemappedLabel:
+    """A submitted label in contract values, and the ``label_info`` names ignored (no voxels)."""
+
+    label: np.ndarray
+    ignored: tuple[str, ...]
+
+
+def _label_value(raw) -> int:
+    """A label value from ``label_info``: an integer (or a string of one), 0..2**31-1."""
+    if isinstance(raw, bool):
+        raise LabelContractError(f"label_info idx {raw!r} is not an integer")
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if isinstance(raw, str) and raw.strip().lstrip("+").isdigit():
+        raw = int(raw.strip())
+    if not isinstance(raw, int):
+        raise LabelContractError(f"label_info idx {str(raw)[:40]!r} is not an integer")
+    if not 0 <= raw < 2**31:
+        raise LabelContractError(f"label_info idx {raw} is outside 0..{2**31 - 1}")
+    return raw
+
+
+def parse_label_info(label_info) -> list[LabelInfoEntry]:
+    """Check the shape of Slicer's ``label_info`` (a list of ``{"name": str, "idx": int}``)."""
+    if not isinstance(label_info, (list, tuple)):
+        raise LabelContractError(f"label_info must be a list of {{name, idx}} objects, not {type(label_info).__name__}")
+    if len(label_info) > MAX_LABEL_INFO_ENTRIES:
+        raise LabelContractError(f"label_info has {len(label_info)} entries (at most {MAX_LABEL_INFO_ENTRIES})")
+    out = []
+    for entry in label_info:
+        if not isinstance(entry, Mapping):
+            raise LabelContractError(f"label_info entry {str(entry)[:60]!r} is not a {{name, idx}} object")
+        name = entry.get("name")
+        idx = entry.get("idx", entry.get("value"))
+        if name is None or idx is None:
+            raise LabelContractError(f"label_info entry {str(dict(entry))[:80]} needs 'name' and 'idx'")
+        if not isinstance(name, str) or len(name) > MAX_LABEL_NAME_LENGTH:
+            raise LabelContractError(f"label_info name {str(name)[:40]!r} must be a string of at most "
+                                     f"{MAX_LABEL_NAME_LENGTH} characters")
+        out.append(LabelInfoEntry(name, _label_value(idx)))
+    return out
+
+
 @dataclass(frozen=True)
 class LabelContract:
     """Names and values of the label map shared by every stage and by ``/info``."""
@@ -120,39 +176,56 @@ class LabelContract:
     def check_values(self, label: np.ndarray) -> None:
         """Raise if ``label`` holds a value outside ``0..max_value``."""
         values = np.unique(label)
-        bad = [int(v) for v in values if v < 0 or v > self.max_value or int(v) != v]
+        bad = [v.item() for v in values if v < 0 or v > self.max_value or int(v) != v]
         if bad:
             raise LabelContractError(f"label values {bad[:10]} are outside the contract 0..{self.max_value}")
 
     def remap_by_name(self, label: np.ndarray, label_info: Iterable[Mapping] | None) -> np.ndarray:
+        """Translate a submitted label into contract values using Slicer's ``label_info``
+        (see :meth:`remap_submitted`); only the remapped array."""
+        return self.remap_submitted(label, label_info).label
+
+    def remap_submitted(self, label: np.ndarray, label_info) -> "RemappedLabel":
         """Translate a submitted label into contract values using Slicer's ``label_info``.
 
         Slicer writes values in *segment order* and sends ``[{"name": ..., "idx": ...}]``; the
         names are what counts. Without ``label_info`` the values must already be contract values.
-        Values present in the label but not named in ``label_info`` are an error.
+        Values present in the label but not named in ``label_info`` are an error, and so is a name
+        the app does not know **if its value has voxels**; an unknown name whose value is empty
+        (Slicer's leftover ``Segment_4``) is ignored and reported in ``ignored``.
         """
         label = np.asarray(label)
-        if not label_info:
-            self.check_values(label)
-            return label.astype(np.uint8, copy=False)
-        lut: dict[int, int] = {BACKGROUND_VALUE: BACKGROUND_VALUE}
-        for entry in label_info:
-            name = entry.get("name")
-            idx = entry.get("idx", entry.get("value"))
-            if name is None or idx is None:
-                raise LabelContractError(f"label_info entry {dict(entry)} needs 'name' and 'idx'")
-            lut[int(idx)] = self.value_of(str(name))
-        present = [int(v) for v in np.unique(label)]
-        unnamed = [v for v in present if v not in lut]
-        if unnamed:
-            raise LabelContractError(f"label values {unnamed[:10]} are not named in label_info")
-        table = np.zeros(max(present + list(lut)) + 1, dtype=np.uint8)
-        for src, dst in lut.items():
-            if src >= 0:
-                table[src] = dst
-        if min(present) < 0:
+        if not np.issubdtype(label.dtype, np.integer):
+            label = label.astype(np.int64)
+        present, inverse = np.unique(label, return_inverse=True)
+        if len(present) and present[0] < 0:
             raise LabelContractError("label values must not be negative")
-        return table[label.astype(np.int64, copy=False)]
+        if not label_info:
+            self.check_values(present)
+            return RemappedLabel(label.astype(np.uint8, copy=False), ())
+        entries = parse_label_info(label_info)
+        voxels = {int(v) for v in present}
+        lut: dict[int, int] = {BACKGROUND_VALUE: BACKGROUND_VALUE}
+        named: dict[int, str] = {}
+        ignored = []
+        for entry in entries:
+            if entry.idx in named and named[entry.idx].lower() != entry.name.lower():
+                if entry.idx in voxels:
+                    raise LabelContractError(f"label_info names value {entry.idx} both '{named[entry.idx]}' and "
+                                             f"'{entry.name}'")
+            try:
+                lut[entry.idx] = self.value_of(entry.name)
+            except LabelContractError:
+                if entry.idx in voxels:
+                    raise
+                ignored.append(entry.name)  # an empty segment with a name this app does not use
+                continue
+            named[entry.idx] = entry.name
+        unnamed = [v for v in voxels if v not in lut]
+        if unnamed:
+            raise LabelContractError(f"label values {sorted(unnamed)[:10]} are not named in label_info")
+        table = np.array([lut[int(v)] for v in present], dtype=np.uint8)
+        return RemappedLabel(table[inverse].reshape(label.shape), tuple(ignored))
 
     def organ_mask(self, label: np.ndarray) -> np.ndarray:
         """Organ including the lesions inside it (a lesion is part of the organ)."""

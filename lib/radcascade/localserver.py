@@ -42,6 +42,27 @@ class LocalServer:
         """Pids of the launcher and all its descendants (the server proper is a child of the launcher)."""
         return process_tree(self.process.pid)
 
+    def reset_peak_memory(self) -> dict[int, float]:
+        """Reset every server process's peak resident memory (``VmHWM``, Linux ``clear_refs``);
+        return their current resident memory (MiB) as the baseline for :meth:`memory_rise_mb`."""
+        base = {}
+        for pid in self.processes():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                continue
+            kb = _status_kb(pid, "VmRSS")
+            if kb is not None:
+                base[pid] = kb / 1024.0
+        return base
+
+    def memory_rise_mb(self, baseline: dict[int, float]) -> float | None:
+        """The largest rise of a server process's peak memory over ``baseline`` (MiB); None when
+        nothing could be reset (no measurement, rather than a reassuring 0)."""
+        peaks = self.peak_memory_mb()
+        rises = [peaks[pid] - rss for pid, rss in baseline.items() if pid in peaks]
+        return max(rises) if rises else None
+
     def peak_memory_mb(self) -> dict[int, float]:
         """Peak resident memory (``VmHWM``) of every live process of the server, in MiB, by pid."""
         out = {}
@@ -53,8 +74,12 @@ class LocalServer:
 
 
 def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, app_dir: Path = APP_DIR,
-                 env: dict[str, str] | None = None, timeout_s: float = 180) -> LocalServer:
-    """Run the app as a user would (``monailabel start_server``) and wait until ``/info/`` answers."""
+                 env: dict[str, str] | None = None, timeout_s: float = 180,
+                 wrapper: list[str] | None = None) -> LocalServer:
+    """Run the app as a user would (``monailabel start_server``) and wait until ``/info/`` answers.
+
+    ``wrapper`` prefixes the command (e.g. ``strace -f ... --``) to watch the whole server process tree.
+    """
     port = free_port()
     bin_dir = Path(sys.executable).parent
     full_env = {
@@ -67,7 +92,7 @@ def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, a
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
-    cmd = [str(bin_dir / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
+    cmd = [*(wrapper or []), str(bin_dir / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port)]
     for k, v in (conf or {}).items():
         cmd += ["--conf", k, str(v)]

@@ -17,22 +17,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from radcascade.volume_headers import (  # noqa: F401 (InvalidVolumeError is re-exported)
+    UNREADABLE,
+    InvalidVolumeError,
+    VolumeBudget,
+    check_header,
+    check_volume_file,
+    read_raw_header,
+)
+
 CANONICAL_ORIENTATION = "LPS"
 DEFAULT_MAX_VOXELS = 1024**3  # refuse anything larger before reading its voxels
 GEOMETRY_TOLERANCE_MM = 1e-3
-
-
-class InvalidVolumeError(ValueError):
-    """A file is not a usable 3D volume (unreadable, wrong dimensionality, bad geometry).
-
-    ``reason`` is the problem alone, so a caller can name the file the way its user knows it
-    (an image id rather than a temporary upload path).
-    """
-
-    def __init__(self, name: str, reason: str):
-        super().__init__(f"{name}: {reason}" if name else reason)
-        self.name = name
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ def _read_header(path: Path) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise InvalidVolumeError(path.name, "not a readable medical image (NIfTI, NRRD, MHA or DICOM)") from None
+        raise InvalidVolumeError(path.name, UNREADABLE) from None
     return reader
 
 
@@ -100,6 +96,11 @@ def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) ->
         return _check_voxels(path.name, image)
     if not path.is_file():
         raise InvalidVolumeError(str(path), "no such file")
+    raw = read_raw_header(path)
+    if raw is not None:  # the header as written: ITK reads a spacing of 0 or NaN as 1 mm
+        check_header(path.name, raw, max_voxels)
+        if raw.dtype.kind == "f":  # ITK's NIfTI reader turns NaN voxels into 0: look before it does
+            check_volume_file(path, VolumeBudget(max_voxels))
     reader = _read_header(path)
     size = reader.GetSize()
     dim = reader.GetDimension()
@@ -231,8 +232,17 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
 
 
 def read_label(path: str | os.PathLike, expected: Geometry) -> sitk.Image:
-    """Read a label map that must lie exactly on an image of geometry ``expected``."""
-    label = read_image(path)
+    """Read a label map that must lie exactly on an image of geometry ``expected``.
+
+    The size is compared from the header, before any voxel is read (a small file may claim 1000³).
+    """
+    path = Path(path)
+    if path.is_file():
+        dims = tuple(_read_header(path).GetSize())
+        size = dims[:3] if len(dims) == 4 and dims[3] == 1 else dims
+        if size != tuple(expected.size):
+            raise InvalidVolumeError("label", f"size {size} differs from its image's size {expected.size}")
+    label = read_image(path, max_voxels=max(8, int(np.prod(expected.size, dtype=np.int64))))
     geom = Geometry.of(label)
     if geom.size != expected.size:
         raise InvalidVolumeError("label", f"size {geom.size} differs from its image's size {expected.size}")
@@ -285,6 +295,8 @@ def atomic_write_image(image: sitk.Image, path: str | os.PathLike, compress: boo
     """
     path = Path(path)
     tmp_dir = path.parent / TMP_DIR_NAME
+    if path.parent.resolve() == Path(tempfile.gettempdir()).resolve():
+        tmp_dir = path.parent  # a result file: nothing scans the temp folder, and no folder may outlive the request
     tmp_dir.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix="write-", suffix=suffix, dir=tmp_dir)

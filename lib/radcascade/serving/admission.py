@@ -1,11 +1,10 @@
-"""Admission control for the slow endpoints, and keeping the event loop free while they run.
+"""Admission control for inference.
 
 MONAI Label 0.8.5 declares its handlers ``async`` but does the work synchronously inside them, so
 one inference blocks the whole server: ``/info`` and every other request wait behind it (measured:
-up to 1.7 s on the sample studies, the whole inference time for a CT).  The app replaces those
-routes, in place, with thin synchronous twins (same path, same parameters, same MONAI Label
-function underneath): FastAPI runs synchronous handlers in its worker threads, so the event loop
-keeps answering ``/info``, Next sample and downloads while a network runs.
+up to 1.7 s on the sample studies, the whole inference time for a CT).  The app's own routes
+(:mod:`radcascade.serving.routes`) are synchronous handlers, which FastAPI runs in its worker
+threads, so the event loop keeps answering ``/info``, Next sample and downloads while a network runs.
 
 Inference is also admitted, not just queued: ``slots`` requests compute at once (on a CPU one is
 fastest, torch already uses every core), ``queue`` more may wait, anything beyond gets
@@ -16,16 +15,14 @@ fastest, torch already uses every core), ``queue`` more may wait, anything beyon
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
-from fastapi import BackgroundTasks, HTTPException
-from fastapi.routing import APIRoute
+from fastapi import HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -122,101 +119,3 @@ class Admission:
         with self._lock:
             return AdmissionStats(self._running, self._waiting, self._admitted, self._refused, self._timed_out,
                                   round(self._service_s, 3))
-
-
-def _run_cleanups(tasks: BackgroundTasks | None) -> None:
-    """MONAI Label removes uploaded temporary files in background tasks, which FastAPI runs only
-    after a successful response: on an error they would stay in the temp folder forever."""
-    for task in list(tasks.tasks) if tasks is not None else []:
-        try:
-            task.func(*task.args, **task.kwargs)
-        except Exception as e:  # noqa: BLE001 - a failed clean-up must not hide the request's error
-            logger.warning("clean-up after a failed request: %s", e)
-    if tasks is not None:
-        tasks.tasks.clear()
-
-
-def threaded_twin(endpoint: Callable, implementation: Callable, gate: Admission | None = None) -> Callable:
-    """A synchronous handler with ``endpoint``'s parameters that calls ``implementation``.
-
-    ``implementation`` is the synchronous MONAI Label function the ``async`` endpoint wraps; it takes
-    the same arguments minus the authenticated ``user`` (which FastAPI still resolves, so MONAI
-    Label's role checks keep working).
-    """
-    signature = inspect.signature(endpoint)
-    accepted = set(inspect.signature(implementation).parameters)
-
-    def handler(**kwargs):
-        args = {k: v for k, v in kwargs.items() if k in accepted}
-        if "user" in args:  # the implementations take the user's name, the endpoints the user
-            args["user"] = getattr(args["user"], "username", args["user"])
-        try:
-            with gate.admit() if gate is not None else contextlib.nullcontext():
-                return implementation(**args)
-        except BaseException:
-            _run_cleanups(kwargs.get("background_tasks"))
-            raise
-
-    handler.__signature__ = signature  # FastAPI reads the parameters from here
-    handler.__name__ = f"threaded_{endpoint.__name__}"
-    handler.__doc__ = endpoint.__doc__
-    return handler
-
-
-Replacements = dict[tuple[str, str], tuple[Callable, "Admission | None"]]
-
-
-def _swap_in(routes: list, replacements: Replacements, prefix: str) -> list[str]:
-    done = []
-    for i, route in enumerate(list(routes)):
-        if not isinstance(route, APIRoute) or route.endpoint.__name__.startswith("threaded_"):
-            continue
-        for method in route.methods:
-            target = replacements.get((method, route.path[len(prefix):] if route.path.startswith(prefix) else None))
-            if target is None:
-                continue
-            implementation, gate = target
-            routes[i] = APIRoute(
-                route.path, threaded_twin(route.endpoint, implementation, gate), methods=[method],
-                summary=route.summary, description=route.description, tags=route.tags,
-                response_class=route.response_class, include_in_schema=route.include_in_schema,
-                name=route.name, dependencies=route.dependencies,
-            )
-            done.append(f"{method} {route.path}")
-    return done
-
-
-def replace_routes(app, routers: list, replacements: Replacements, api_prefix: str = "") -> list[str]:
-    """Swap ``(METHOD, path)`` routes for threaded twins, in place (same position, same parameters).
-
-    FastAPI up to 0.11x copies an included router's routes into the app; newer releases keep the
-    included ``APIRouter`` and resolve its routes lazily.  Both places are searched, and a router
-    whose routes changed is told so.  A route not found (another MONAI Label version) is logged
-    and left as it is.
-    """
-    done = _swap_in(app.router.routes, replacements, api_prefix)
-    for router in routers:
-        swapped = _swap_in(router.routes, replacements, "")
-        if swapped and hasattr(router, "_mark_routes_changed"):
-            router._mark_routes_changed()
-        done += swapped
-    missing = {f"{m} {p}" for m, p in replacements} - {d.replace(f" {api_prefix}", " ", 1) for d in done}
-    if missing:
-        logger.warning("routes not found, left blocking the event loop: %s", ", ".join(sorted(missing)))
-    app.openapi_schema = None
-    return done
-
-
-def install_nonblocking_routes(app, gate: Admission) -> list[str]:
-    """Threaded twins for the endpoints that do heavy work: inference (admitted through ``gate``),
-    label and image uploads (validated and written in full), and in-server scoring."""
-    from monailabel.config import settings
-    from monailabel.endpoints import activelearning, datastore, infer, scoring
-
-    return replace_routes(app, [infer.router, datastore.router, scoring.router, activelearning.router], {
-        ("POST", "/infer/{model}"): (infer.run_inference, gate),
-        ("POST", "/activelearning/{strategy}"): (activelearning.sample, None),  # may run the cascade
-        ("PUT", "/datastore/label"): (datastore.save_label, None),
-        ("PUT", "/datastore/image"): (datastore.add_image, None),
-        ("POST", "/scoring/{method}"): (scoring.run_method, None),
-    }, settings.MONAI_LABEL_API_STR)

