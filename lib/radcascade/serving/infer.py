@@ -13,17 +13,14 @@ the other stage's segments, and the user's edits to them, alone.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import shutil
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
@@ -32,8 +29,9 @@ from radcascade.labels import ORGAN_VALUE
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.serving.options import parse_bool
 from radcascade.serving.reports import ReportStore
+from radcascade.serving.results import discard, new_result_path
 from radcascade.serving.slicer_view import first_of
-from radcascade.volumes import Volume, atomic_write_image, label_image_like, load_label_for, load_volume
+from radcascade.volumes import Volume, label_image_like, load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
 
@@ -41,36 +39,21 @@ logger = logging.getLogger(__name__)
 ORIGINAL_TAG = "original"  # MONAI Label's tag for a model's first prediction; Slicer shows it on Next sample
 ATTENTION_BANDS = {"attention high": (170, 1), "attention medium": (85, 2)}  # name: (min saliency 0-255, value)
 
-_results_lock = threading.Lock()
-_results_dir: str | None = None
-
-
-def results_dir() -> str:
-    """A private folder for answers, removed when the server exits.
-
-    MONAI Label's client saves an answer under the server's file *name* in its own temp folder; a
-    client on the same host writing into the folder where the server deletes its copy after
-    answering would lose the result, so the server never writes answers into the shared temp folder.
-    """
-    global _results_dir
-    with _results_lock:
-        if _results_dir is None or not os.path.isdir(_results_dir):
-            _results_dir = tempfile.mkdtemp(prefix="radcascade-results-")
-            atexit.register(shutil.rmtree, _results_dir, True)
-        return _results_dir
-
-
 RESULT_SUFFIXES = (".nii.gz", ".nrrd", ".nii")  # Slicer's module asks for ".nrrd" (``result_extension``)
 
 
 def write_result(label: np.ndarray, volume: Volume, suffix: str = ".nii.gz") -> str:
-    """Write a canonical label map back onto the image's original geometry, in a temporary file."""
+    """Write a canonical label map back onto the image's original geometry, in a private answer folder
+    (see :mod:`radcascade.serving.results`; removed with the file once it is sent)."""
     if suffix not in RESULT_SUFFIXES:
         raise client_error(422, f"unsupported result_extension '{suffix}' (one of {', '.join(RESULT_SUFFIXES)})")
-    fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=suffix, dir=results_dir())
-    os.close(fd)
-    atomic_write_image(label_image_like(label, volume), path)
-    return path
+    path = new_result_path(suffix)
+    try:
+        sitk.WriteImage(label_image_like(label, volume), str(path), useCompression=True)
+    except BaseException:
+        discard(path)
+        raise
+    return str(path)
 
 
 def _wants(request: dict, key: str, default: bool = False) -> bool:
@@ -184,7 +167,7 @@ class _CascadeTask(_Saliency, InferTask):
         try:
             saliency = self._saliency(volume, result, request)
         except BaseException:  # the result file must not outlive a failed request
-            Path(path).unlink(missing_ok=True)
+            discard(path)
             raise
         result.latencies_s["total"] = time.perf_counter() - t0
         out = result.to_json(self.cascade.contract)
@@ -230,7 +213,7 @@ class CascadeInferTask(_CascadeTask):
         if self._original_info(image_id) is not None:
             return False
         path, _ = self({"image": self.datastore().get_image_uri(image_id), "image_id": image_id})
-        Path(path).unlink(missing_ok=True)
+        discard(path)
         return True
 
     def _original_info(self, image_id: str) -> dict | None:
@@ -246,8 +229,7 @@ class CascadeInferTask(_CascadeTask):
         info = self._original_info(image_id) if image_id else None
         if info is None:
             return None
-        fd, path = tempfile.mkstemp(prefix="radcascade-", suffix=".nii.gz", dir=results_dir())
-        os.close(fd)
+        path = str(new_result_path(".nii.gz"))
         shutil.copyfile(self.datastore().get_label_uri(image_id, ORIGINAL_TAG), path)
         out = dict(info["result"])
         out["computed_latencies"] = out.get("latencies", {})  # of the run that made the stored answer

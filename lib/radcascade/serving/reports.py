@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
 
 from radcascade.serving.datastore import check_id
 from radcascade.serving.errors import client_error
@@ -95,14 +95,13 @@ def report_router(store_of) -> APIRouter:
     router = APIRouter(prefix="/report", tags=["Report"])
 
     @router.get("/{image_id}", summary="Per-lesion findings of the latest cascade/classify answer on a study",
-                response_class=PlainTextResponse,
                 responses={200: {"description": "The report", "content": {"text/csv": {"schema": {"type": "string"}},
                                                                           "application/json": {"schema": {}}}},
                            404: {"model": ErrorDetail, "description": "No report for this study"},
                            422: {"model": ErrorDetail, "description": "Invalid image id or unknown format"}})
-    def get_report(image_id: str, format: str = "csv") -> PlainTextResponse:
+    def get_report(image_id: str, format: str = "csv") -> Response:
         text = store_of().read(image_id, format)
         media = "text/csv" if format == "csv" else "application/json"
-        return PlainTextResponse(text, media_type=media)
+        return Response(text, media_type=media)
 
     return router

@@ -57,6 +57,7 @@ from radcascade.serving.guards import (
     json_object,
     request_folder,
 )
+from radcascade.serving.results import discard
 from radcascade.serving.scoring import INFO_KEY as SCORE_KEY
 from radcascade.serving.train_queue import TrainPolicy, TrainQueue, check_train_options
 from radcascade.volume_headers import VolumeBudget, volume_suffix
@@ -168,8 +169,7 @@ class DatastoreView(str, Enum):
 
 
 def _remove(path: str | os.PathLike | None) -> None:
-    if path:
-        Path(path).unlink(missing_ok=True)
+    discard(path)  # an answer file goes with its private folder
 
 
 def _file_response(path: str) -> FileResponse:
