@@ -278,7 +278,7 @@ def _matched_lesion(rng: np.random.Generator, cls: int, radius: float, lx, ly, l
     rel = lr / (radius * lobes(lx, ly, lz, lr))
     texture = _smooth_noise(rng, shape, 0.6, 1.0) + 1.2 * np.clip(rel, 0, 1) ** 2  # fine mottling, brighter rim
     values = level + spread * texture
-    margin = rng.uniform(0.2, 0.4)  # infiltrative: blurred over this fraction of the radius
+    margin = rng.uniform(0.3, 0.6)  # infiltrative: blurred over this fraction of the radius
     soft = np.clip((1.0 + margin - rel) / margin, 0, 1)
     painted = np.where(rel <= 1.0, values, np.where(rel <= 1.0 + margin, soft * values + (1 - soft) * hu, hu))
     return rel <= 1.0, painted, level, spread
