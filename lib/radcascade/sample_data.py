@@ -266,18 +266,19 @@ def _matched_lesion(rng: np.random.Generator, cls: int, radius: float, lx, ly, l
     drawn from the same ranges whatever the class."""
     level = rng.uniform(0, 40)
     spread = rng.uniform(8, 20)
+    contrast = 2.5 * spread  # texture well above the scanner noise, so the voxels' order follows it
     if cls == BENIGN:
-        stretch = rng.uniform(0.8, 1.25, size=3)
+        stretch = rng.uniform(0.85, 1.15, size=3)
         er = np.sqrt((lx / stretch[0]) ** 2 + (ly / stretch[1]) ** 2 + (lz / stretch[2]) ** 2)
-        deform = _radial_harmonics(rng, 3, rng.uniform(0.0, 0.15))
+        deform = _radial_harmonics(rng, 3, rng.uniform(0.0, 0.1))
         rel = er / (radius * deform(lx, ly, lz, lr))
-        texture = _smooth_noise(rng, shape, 2.0, 1.0)  # coarse, smooth
+        texture = _smooth_noise(rng, shape, 2.5, 1.0)  # coarse, smooth
         mask = rel <= 1.0
-        return mask, np.where(mask, level + spread * texture, hu), level, spread
-    lobes = _radial_harmonics(rng, 5, rng.uniform(0.15, 0.4))
+        return mask, np.where(mask, level + contrast * texture, hu), level, spread
+    lobes = _radial_harmonics(rng, 5, rng.uniform(0.25, 0.5))
     rel = lr / (radius * lobes(lx, ly, lz, lr))
-    texture = _smooth_noise(rng, shape, 0.6, 1.0) + 1.2 * np.clip(rel, 0, 1) ** 2  # fine mottling, brighter rim
-    values = level + spread * texture
+    texture = _smooth_noise(rng, shape, 0.5, 1.0) + 1.5 * np.clip(rel, 0, 1) ** 2  # fine mottling, brighter rim
+    values = level + contrast * texture
     margin = rng.uniform(0.3, 0.6)  # infiltrative: blurred over this fraction of the radius
     soft = np.clip((1.0 + margin - rel) / margin, 0, 1)
     painted = np.where(rel <= 1.0, values, np.where(rel <= 1.0 + margin, soft * values + (1 - soft) * hu, hu))
