@@ -92,7 +92,8 @@ def _execute(volume_hu: np.ndarray, mask: np.ndarray, spacing, cfg: RadiomicsCon
     msk = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(mask, np.uint8).transpose(2, 1, 0)))
     msk.CopyInformation(img)
     out = ex.execute(img, msk)
-    return {k[len("original_"):]: float(v) for k, v in out.items() if k.startswith("original_")}
+    # a few texture features (glcm MCC) come back as complex numbers with a zero imaginary part
+    return {k[len("original_"):]: float(np.real(v)) for k, v in out.items() if k.startswith("original_")}
 
 
 def lesion_features(volume_hu: np.ndarray, spacing, mask: np.ndarray, offset=(0, 0, 0),
