@@ -166,3 +166,23 @@ def test_radiomics_modes_need_radiomics_features():
         train_classifier(train, val, 2, ClassifierConfig(mode="radiomics"))
     assert ClassifierConfig(mode="radiomics").needs_radiomics and not ClassifierConfig(mode="features").needs_radiomics
     assert first_order_columns(feature_names())  # the one-feature baseline has columns to choose from
+
+
+def test_lesion_regions_place_each_component_where_the_volume_has_it():
+    from scipy import ndimage
+
+    from radcascade.classifier import lesion_regions
+
+    label = np.zeros((30, 30, 12), bool)
+    label[3:8, 4:9, 2:5] = True
+    label[20:26, 18:21, 6:10] = True
+    crop = label[2:28, 3:25, 1:11]
+    components, n = ndimage.label(crop)
+    regions = lesion_regions(components, [2, 1], (1.0, 2.0, 3.0), offset=(2, 3, 1))
+    for r in regions:
+        placed = np.zeros_like(label)
+        placed[tuple(slice(o, o + n) for o, n in zip(r.offset, r.mask.shape))] = r.mask
+        assert (placed & label).sum() == r.mask.sum()
+        c = np.argwhere(placed).mean(0)
+        np.testing.assert_allclose(r.geometry.centre_vox, c)
+    assert regions[0].geometry.extent_mm == (6.0, 6.0, 12.0)  # component 2: 6 x 3 x 4 voxels

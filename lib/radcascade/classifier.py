@@ -781,6 +781,19 @@ class LesionRegion:
     offset: tuple[int, int, int]
 
 
+def lesion_regions(components: np.ndarray, ids: Sequence[int], spacing, offset=(0, 0, 0)) -> list[LesionRegion]:
+    """The regions of the connected components ``ids`` of a labelled array (``scipy.ndimage.label``)
+    whose first voxel sits at ``offset`` in the volume (e.g. the lesion stage's crop box)."""
+    objects = ndimage.find_objects(components)
+    out = []
+    for comp in ids:
+        sl = objects[comp - 1]
+        mask = components[sl] == comp
+        at = tuple(int(s.start + o) for s, o in zip(sl, offset))
+        out.append(LesionRegion(lesion_geometry(mask, spacing, offset=at), mask, at))
+    return out
+
+
 def classify_lesions(net: nn.Module, ckpt: ClassifierCheckpoint, volume_hu: torch.Tensor, spacing,
                      regions: Sequence[LesionRegion]) -> list[LesionPrediction]:
     """Classify the lesions of one volume ``[X, Y, Z]`` (HU) with any classifier model file: CNN
