@@ -194,6 +194,19 @@ def report(a) -> None:
                 if len(common) >= 2:
                     md.append(f"  - auto vs best fixed candidate on test ({best}): "
                               f"{paired_comparison([x[k] for k in common], [y[k] for k in common]).text()}")
+            mean = {k: float(np.mean(list(v.values()))) for (f2, s2, k), v in by.items() if f2 == fam and s2 == s and v}
+            transfer = [k for k in TRANSFER if k in mean]
+            fine = [k for k in mean if k.startswith("finetune")]
+            if transfer and "radiomics" in mean and "one-feature" in mean:
+                bt = max(transfer, key=mean.get)
+                md.append(f"  - goals: best transfer mode ({bt}, {mean[bt]:.3f}) − radiomics = "
+                          f"{mean[bt] - mean['radiomics']:+.3f} (goal ≥ +0.05), − one-feature = "
+                          f"{mean[bt] - mean['one-feature']:+.3f} (goal ≥ +0.10)")
+            if "auto" in mean and cands:
+                md.append(f"  - goal: auto − best fixed candidate = {mean['auto'] - mean[best]:+.3f} (goal ≥ −0.02)")
+            if fine and "scratch" in mean:
+                md.append(f"  - goal: fine-tuning − scratch = best depth {max(mean[k] for k in fine) - mean['scratch']:+.3f}, "
+                          f"worst depth {min(mean[k] for k in fine) - mean['scratch']:+.3f} (goal ≥ 0)")
             chosen = [r["chosen"] for r in rows if r["family"] == fam and r["studies"] == s and r["method"] == "auto"]
             feats = [r["feature"] for r in rows if r["family"] == fam and r["studies"] == s and r["method"] == "one-feature"]
             md.append(f"  - auto chose: {', '.join(chosen)}; one-feature chose: {', '.join(feats)}")

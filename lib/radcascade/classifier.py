@@ -325,15 +325,6 @@ def _stack(samples: Sequence[LesionSample]) -> tuple[torch.Tensor, torch.Tensor]
     return torch.stack([s.patches for s in samples]), torch.tensor([s.label for s in samples])
 
 
-def _evaluate(net: LesionClassifierNet, samples, n_classes, device) -> tuple[float | None, float | None]:
-    if not samples:
-        return None, None
-    x, y = _stack(samples)
-    probs = net.predict_proba(x.to(device)).cpu().numpy()
-    m = classification_metrics(y.numpy(), probs, n_classes)
-    return m.auc, m.accuracy
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Optimisation budget of one network training run."""
@@ -384,7 +375,7 @@ def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: i
             loss.backward()
             opt.step()
         epochs = epoch
-        auc, acc = _evaluate(net, val, n_classes, device)
+        auc, acc = evaluate_samples(net, val, n_classes, device)
         score = auc if auc is not None else (acc if acc is not None else -float(loss))
         if score > best_score + 1e-6:
             best_score, best_epoch, stale = score, epoch, 0
@@ -397,7 +388,7 @@ def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: i
             break
     if best_state is not None and val:
         net.load_state_dict(best_state)
-    auc, acc = _evaluate(net, val, n_classes, device)
+    auc, acc = evaluate_samples(net, val, n_classes, device)
     report = FitReport("finetune", depth, auc, acc, best_epoch or epochs, time.time() - t0, len(train), len(val))
     return net, report
 
@@ -453,7 +444,7 @@ def fit_deep_features(net: LesionClassifierNet, train, val, n_classes: int, cfg:
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(W_f, dtype=torch.float32))
         linear.bias.copy_(torch.as_tensor(b_f, dtype=torch.float32))
-    auc, acc = _evaluate(net, val, n_classes, device)
+    auc, acc = evaluate_samples(net, val, n_classes, device)
     return net, FitReport("features", 0, auc, acc, 0, time.time() - t0, len(train), len(val))
 
 
