@@ -221,14 +221,15 @@ def report(a) -> None:
     for ax, fam in zip(axes[0], fams):
         sizes = sorted({r["studies"] for r in rows if r["family"] == fam})
         xs = [np.mean(n_train[(fam, s)]) for s in sizes]
-        for meth in methods:
+        for i, meth in enumerate(methods):
             vals = [list(by.get((fam, s, meth), {}).values()) for s in sizes]
             if not any(vals):
                 continue
             mean = [np.mean(v) if v else np.nan for v in vals]
             std = [np.std(v) if v else np.nan for v in vals]
             style = "-" if meth in ("one-feature", "radiomics", "features", "scratch", "auto") else ":"
-            ax.errorbar(xs, mean, yerr=std, label=meth, linestyle=style, marker="o", capsize=3)
+            ax.errorbar(xs, mean, yerr=std, label=meth, linestyle=style, marker="osD^v<>ph*XP"[i % 12], capsize=3,
+                        color=plt.cm.tab20(i % 20))
         ax.set_xscale("log")
         ax.set_xlabel("training lesions")
         ax.set_ylabel("test ROC AUC")
