@@ -68,7 +68,7 @@ def test_split_keeps_each_study_on_one_side():
     ("features", {"classical": "logreg"}),
     ("features", {"classical": "svm"}),
     ("features", {"classical": "lda"}),
-    ("scratch", {"epochs": 2}),
+    ("scratch", {"epochs": 2, "scratch_epochs": 2}),
     ("finetune", {"depth": 1, "epochs": 2}),
 ])
 def test_modes_fit_and_predict(mode, extra):
@@ -149,3 +149,14 @@ def test_missing_pretrained_weights_fail_clearly(tmp_path, monkeypatch):
         load_backbone("resnet18", str(tmp_path / "missing.pth"))
     # without downloads, a random init is only ever what was asked for
     assert load_backbone("resnet18", None).pretrained is False
+
+
+def test_scratch_gets_its_own_learning_rate_and_a_longer_budget():
+    from radcascade.classifier import schedule_for
+
+    cfg = ClassifierConfig(mode="scratch", epochs=10, patience=4, learning_rate=1e-3, scratch_learning_rate=3e-3)
+    s, f = schedule_for(cfg, scratch=True), schedule_for(cfg)
+    assert (s.learning_rate, s.layer_lr_decay, s.epochs, s.patience) == (3e-3, 1.0, 30, 8)  # every block at 3e-3
+    assert (f.learning_rate, f.layer_lr_decay, f.epochs, f.patience) == (1e-3, 0.5, 10, 4)
+    explicit = schedule_for(ClassifierConfig(scratch_epochs=50, scratch_patience=12), scratch=True)
+    assert (explicit.epochs, explicit.patience) == (50, 12)
