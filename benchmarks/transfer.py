@@ -164,7 +164,7 @@ def report(a) -> None:
                f"from {m['test_studies']} other studies; seeds {m['seeds']}; training sizes (studies) {m['sizes_studies']}",
                f"- fine-tuning {m['epochs']} epochs max, patience {m['patience']}; scratch 3x epochs, 2x patience, "
                f"its own lr for all blocks; auto: {m['cv_folds']}-fold study-level CV x {m['cv_repeats']}; "
-               f"patch {m['patch']}", ""]
+               f"patch {m['patch']}"] + ([f"- note: {m['note']}"] if m.get("note") else []) + [""]
         fam = m["family"]
         sizes = sorted({r["studies"] for r in rows if r["family"] == fam})
         head = "| method | " + " | ".join(f"{s} studies (~{int(np.mean(n_train[(fam, s)]))} train lesions)" for s in sizes) + " |"
