@@ -68,7 +68,7 @@ def test_split_keeps_each_study_on_one_side():
     ("features", {"classical": "logreg"}),
     ("features", {"classical": "svm"}),
     ("features", {"classical": "lda"}),
-    ("scratch", {"epochs": 2}),
+    ("scratch", {"epochs": 2, "scratch_epochs": 2}),
     ("finetune", {"depth": 1, "epochs": 2}),
 ])
 def test_modes_fit_and_predict(mode, extra):
@@ -99,13 +99,19 @@ def test_deep_features_head_equals_the_sklearn_classifier():
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_auto_picks_a_depth_and_records_the_curve():
+def test_auto_chooses_by_cross_validation_and_records_every_candidate():
     train, val = split_by_study(_toy_samples(), 0.25, seed=0)
-    trained = train_classifier(train, val, 2, ClassifierConfig(mode="auto", auto_depths=(0, 2), epochs=2, batch_size=8))
-    assert set(trained.report.depth_curve) == {0, 2}
-    assert trained.report.depth in (0, 2) and trained.report.mode == "auto"
-    best = max(v for v in trained.report.depth_curve.values() if v is not None)
-    assert trained.report.val_auc == pytest.approx(best)
+    cfg = ClassifierConfig(mode="auto", auto_families=("features", "finetune"), auto_depths=(0, 2), epochs=2,
+                           batch_size=8, cv_folds=2, cv_repeats=1)
+    trained = train_classifier(train, val, 2, cfg)
+    r = trained.report
+    assert set(r.candidates) == {"features", "finetune k=0", "finetune k=2"}
+    assert all(len(c.fold_aucs) == 2 for c in r.candidates.values())
+    assert set(r.depth_curve) == {0, 2} and r.mode == "auto"
+    means = {k: (c.mean_auc if c.mean_auc is not None else -1) for k, c in r.candidates.items()}
+    assert means[r.chosen] == max(means.values())  # the CV winner, not the best validation AUC
+    assert r.family == r.chosen.split(" ")[0]
+    assert r.depth == (int(r.chosen.split("=")[1]) if r.family == "finetune" else 0)
 
 
 def test_layerwise_depth_freezes_lower_blocks():
@@ -143,3 +149,14 @@ def test_missing_pretrained_weights_fail_clearly(tmp_path, monkeypatch):
         load_backbone("resnet18", str(tmp_path / "missing.pth"))
     # without downloads, a random init is only ever what was asked for
     assert load_backbone("resnet18", None).pretrained is False
+
+
+def test_scratch_gets_its_own_learning_rate_and_a_longer_budget():
+    from radcascade.classifier import schedule_for
+
+    cfg = ClassifierConfig(mode="scratch", epochs=10, patience=4, learning_rate=1e-3, scratch_learning_rate=3e-3)
+    s, f = schedule_for(cfg, scratch=True), schedule_for(cfg)
+    assert (s.learning_rate, s.layer_lr_decay, s.epochs, s.patience) == (3e-3, 1.0, 30, 8)  # every block at 3e-3
+    assert (f.learning_rate, f.layer_lr_decay, f.epochs, f.patience) == (1e-3, 0.5, 10, 4)
+    explicit = schedule_for(ClassifierConfig(scratch_epochs=50, scratch_patience=12), scratch=True)
+    assert (explicit.epochs, explicit.patience) == (50, 12)

@@ -102,3 +102,57 @@ def test_lesion_classes_differ_in_appearance_not_in_one_threshold():
         acc = max(((f[:, 1] > t) == labels).mean(), ((f[:, 1] <= t) == labels).mean())
         best = max(best, acc)
     assert best < 0.95, f"mean HU alone separates the classes ({best:.2f})"
+
+
+def _radiomics_table(family: str, n_studies: int, cfg):
+    """Per lesion of ``n_studies`` generated studies of ``family``: (class, study, features)."""
+    from radcascade.classifier import lesion_components
+    from radcascade.radiomics import feature_names, lesion_features
+
+    classes, studies, rows = [], [], []
+    for seed in range(n_studies):
+        s = generate_study(2000 + seed, "x", family=family)
+        for sl, region, value in lesion_components(s.label):
+            if region.sum() < 3:
+                continue
+            f = lesion_features(s.image.astype(np.float32), s.spacing, region, tuple(x.start for x in sl), cfg)
+            classes.append(value - 2)
+            studies.append(seed)
+            rows.append(f.values)
+    return np.array(classes), np.array(studies), np.array(rows), feature_names(cfg)
+
+
+def test_matched_family_defeats_every_first_order_feature_but_not_shape_and_texture():
+    """The harder family: no single first-order feature (mean, percentiles, std, max, ...) reaches
+    AUC 0.70, while the classes still differ in shape, margin and texture."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from radcascade.radiomics import RadiomicsConfig, first_order_columns
+
+    y, groups, X, names = _radiomics_table("matched", 24, RadiomicsConfig(classes=("firstorder", "shape", "glcm")))
+    assert min(np.bincount(y)) >= 15
+    first = first_order_columns(names)
+    # (pyradiomics reports the variance, which ranks lesions as the std does)
+    assert {"firstorder_Mean", "firstorder_90Percentile", "firstorder_Maximum", "firstorder_Variance"} \
+        <= {names[j] for j in first}
+    for j in first:
+        ok = np.isfinite(X[:, j])
+        auc = roc_auc_score(y[ok], X[ok, j])
+        assert max(auc, 1 - auc) <= 0.70, f"{names[j]} separates the classes (AUC {max(auc, 1 - auc):.2f})"
+    rest = [j for j in range(len(names)) if j not in first]
+    Z = np.nan_to_num(X[:, rest])
+    probs = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)), Z, y,
+                              groups=groups, cv=GroupKFold(4), method="predict_proba")[:, 1]
+    assert roc_auc_score(y, probs) > 0.65  # shape and texture still tell them apart
+
+
+def test_default_family_is_separated_by_intensity_alone():
+    """Why the second family exists: in the default family the rim lifts malignant upper percentiles."""
+    from radcascade.radiomics import RadiomicsConfig, best_single_feature
+
+    y, _, X, names = _radiomics_table("default", 12, RadiomicsConfig(classes=("firstorder",)))
+    assert best_single_feature(X, y, names).train_auc > 0.85

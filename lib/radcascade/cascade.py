@@ -11,9 +11,9 @@ import torch
 from scipy import ndimage
 
 from radcascade.checkpoints import WarmModel
-from radcascade.classifier import load_classifier, predict_lesions
+from radcascade.classifier import classify_lesions, lesion_regions, load_classifier
 from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE, LabelContract
-from radcascade.patches import LesionGeometry, extract_patches
+from radcascade.patches import LesionGeometry
 from radcascade.preprocessing import BoundingBox
 from radcascade.stages import (
     LesionStage,
@@ -165,7 +165,8 @@ class Cascade:
         latencies["postprocess"] = time.perf_counter() - t1
         provisional = True
         if findings:
-            provisional = not self._classify(image[0], volume, findings, latencies)
+            regions = lesion_regions(components, kept, volume.spacing, offset=lesion.box.lo)
+            provisional = not self._classify(image[0], volume, findings, latencies, regions)
         paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)})
         organ_ml = float(organ_mask.sum()) * voxel_ml
         return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
@@ -191,7 +192,8 @@ class Cascade:
             f.drawn_class = self.contract.name_of(value)
         latencies = {"postprocess": time.perf_counter() - t0}
         image = torch.from_numpy(volume.array).to(self.device)
-        classified = self._classify(image, volume, findings, latencies) if findings else True
+        regions = lesion_regions(components, kept, volume.spacing)
+        classified = self._classify(image, volume, findings, latencies, regions) if findings else True
         notes: list[str] = []
         if not classified and not keep_drawn_classes:
             raise StageUntrainedError(f"classifier stage is untrained: {self.classifier_model.problem if self.classifier_model else 'not configured'}")
@@ -272,17 +274,17 @@ class Cascade:
             extent_mm=extent,
         )
 
-    def _classify(self, image: torch.Tensor, volume: Volume, findings: list[LesionFinding], latencies: dict) -> bool:
-        """Paint classes into ``findings``; False when there is no usable classifier (provisional)."""
+    def _classify(self, image: torch.Tensor, volume: Volume, findings: list[LesionFinding], latencies: dict,
+                  regions) -> bool:
+        """Paint classes into ``findings``; False when there is no usable classifier (provisional).
+        ``regions`` are the lesions' masks: radiomics models read them, CNN models their patches."""
         loaded = self.classifier_model.get() if self.classifier_model else None
         if loaded is None:
             return False
         t0 = time.perf_counter()
         ckpt = loaded.checkpoint
-        geoms = [LesionGeometry(f.centroid_voxel, f.extent_mm) for f in findings]
-        patches = extract_patches(image, volume.spacing, geoms, ckpt.patch)
         with autocast_for(self.device, self.amp):
-            predictions = predict_lesions(loaded.network, patches)
+            predictions = classify_lesions(loaded.network, ckpt, image, volume.spacing, regions)
         for f, p in zip(findings, predictions):
             name = ckpt.classes[p.class_index]
             f.class_name = f.model_class = name

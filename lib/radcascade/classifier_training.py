@@ -12,7 +12,7 @@ import argparse
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +21,8 @@ import torch
 
 from radcascade.checkpoints import write_json_atomic
 from radcascade.classifier import (
+    CLASSICAL,
+    MODES,
     ClassifierConfig,
     LesionSample,
     lesion_samples,
@@ -30,19 +32,22 @@ from radcascade.classifier import (
 )
 from radcascade.labels import LabelContract
 from radcascade.patches import PatchConfig
+from radcascade.radiomics import RadiomicsConfig
 from radcascade.training import TrainingCase, cases_from_folder
 from radcascade.volumes import load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
 
 
-def samples_from_cases(cases: Sequence[TrainingCase], contract: LabelContract, patch: PatchConfig) -> list[LesionSample]:
-    """Every labelled lesion (class read through the label-name mapping) as a sample."""
+def samples_from_cases(cases: Sequence[TrainingCase], contract: LabelContract, patch: PatchConfig,
+                       radiomics: RadiomicsConfig | None = None) -> list[LesionSample]:
+    """Every labelled lesion (class read through the label-name mapping) as a sample, with its
+    radiomics features when ``radiomics`` is given."""
     out: list[LesionSample] = []
     for case in cases:
         volume = load_volume(case.image)
         label = contract.remap_by_name(load_label_for(case.label, volume), case.label_info)
-        out.extend(lesion_samples(case.name, volume.array, volume.spacing, label, patch))
+        out.extend(lesion_samples(case.name, volume.array, volume.spacing, label, patch, radiomics=radiomics))
     return out
 
 
@@ -50,6 +55,8 @@ def samples_from_cases(cases: Sequence[TrainingCase], contract: LabelContract, p
 class ClassifierTrainResult:
     status: str
     mode: str
+    family: str  # what was fitted (auto: the chosen candidate's family)
+    chosen: str | None  # auto: the chosen candidate
     depth: int | None
     val_auc: float | None
     val_accuracy: float | None
@@ -63,6 +70,7 @@ class ClassifierTrainResult:
     start_ts: int
     published: bool
     model_path: str
+    candidates: dict = field(default_factory=dict)  # auto: every candidate's cross-validation AUCs
     message: str = ""
 
     def to_json(self) -> dict:
@@ -86,7 +94,7 @@ def train_classifier_from_cases(
     stats_path = stats_path or model_path.with_suffix(".stats.json")
     progress = progress or logger.info
     write_json_atomic(stats_path, {"status": "RUNNING", "start_ts": int(t0), "mode": cfg.mode})
-    samples = samples_from_cases(cases, contract, patch)
+    samples = samples_from_cases(cases, contract, patch, cfg.radiomics if cfg.needs_radiomics else None)
     classes = sorted({s.label for s in samples})
     if len(classes) < 2:
         raise ValueError(f"the classifier needs lesions of at least two classes; found {len(samples)} lesions of "
@@ -98,14 +106,17 @@ def train_classifier_from_cases(
                        {"train_lesions": len(train), "val_lesions": len(val)})
     counts = np.bincount([s.label for s in samples], minlength=contract.num_lesion_classes)
     result = ClassifierTrainResult(
-        "DONE", trained.report.mode, trained.report.depth, trained.report.val_auc, trained.report.val_accuracy,
+        "DONE", trained.report.mode, trained.report.family, trained.report.chosen, trained.report.depth,
+        trained.report.val_auc, trained.report.val_accuracy,
         {str(k): v for k, v in trained.report.depth_curve.items()}, len(train), len(val),
         sorted({s.study for s in train}), sorted({s.study for s in val}),
         {contract.lesion_classes[i]: int(c) for i, c in enumerate(counts)},
         time.time() - t0, int(t0), True, str(model_path),
+        {k: v.to_json() for k, v in trained.report.candidates.items()},
     )
     write_json_atomic(stats_path, result.to_json())
-    progress(f"[classifier] published {model_path}: mode {result.mode}, depth {result.depth}, val AUC {result.val_auc}")
+    chosen = f" ({result.chosen})" if result.chosen else ""
+    progress(f"[classifier] published {model_path}: mode {result.mode}{chosen}, depth {result.depth}, val AUC {result.val_auc}")
     return result
 
 
@@ -117,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--generate", type=int, default=0)
     p.add_argument("--seed", type=int, default=3000)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--mode", default="features", choices=("scratch", "features", "finetune", "auto"))
-    p.add_argument("--classical", default="logreg", choices=("logreg", "svm", "lda"))
+    p.add_argument("--mode", default="features", choices=MODES)
+    p.add_argument("--classical", default="logreg", choices=CLASSICAL)
+    p.add_argument("--family", default="default", help="lesion family of --generate (default or matched)")
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--backbone", default="efficientnet-lite0")
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     studies = a.studies
     if a.generate:
         studies = Path(tempfile.mkdtemp(prefix="radcascade-clf-"))
-        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="clf")
+        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="clf", family=a.family)
     cfg = ClassifierConfig(mode=a.mode, classical=a.classical, depth=a.depth, epochs=a.epochs, backbone=a.backbone)
     train_classifier_from_cases(cases_from_folder(studies), LabelContract(), cfg, PatchConfig(), a.out,
                                 progress=lambda m: print(m, flush=True))

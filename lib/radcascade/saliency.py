@@ -1,20 +1,34 @@
-"""Grad-CAM for the lesion classifier (Erickson et al.: show what the network looked at).
+"""Saliency maps for the lesion classifier (Erickson et al.: show what the network looked at),
+computed with MONAI's own implementations in ``monai.visualize``:
 
-For each lesion, Grad-CAM of the predicted class on the top block of the CNN, computed on the
-lesion's central patch, then painted back into the volume on the axial plane through the lesion
-centre, so it can be overlaid in Slicer. The peak is reported in millimetres.
+* ``gradcam`` -- :class:`monai.visualize.GradCAM` of the predicted class on the deepest block whose
+  output still has at least 4x4 cells for the patch (at 64 px the top block is 2x2: too coarse to
+  say which part of a lesion mattered);
+* ``occlusion`` -- :class:`monai.visualize.OcclusionSensitivity`: how much the predicted class's
+  probability drops when a square of an eighth of the patch is occluded around each pixel (the
+  seed's occlusion maps; a quarter of the patch smears a rim-sized cue over the organ around it).
+
+For each lesion the map is computed on its central axial patch, painted back into the volume on the
+axial plane through the lesion centre (to overlay in Slicer), and its peak reported in millimetres.
+Radiomics models have no image-space map: they raise :class:`SaliencyUnavailable`.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from radcascade.classifier import LesionClassifierNet
 from radcascade.patches import LesionGeometry, PatchConfig, extract_patches
+
+METHODS = ("gradcam", "occlusion")
+
+
+class SaliencyUnavailable(ValueError):
+    """The model has no image-space saliency (e.g. a radiomics classifier)."""
 
 
 @dataclass
@@ -24,46 +38,94 @@ class SaliencyPeak:
     peak_mm: tuple[float, float, float]
 
 
-def grad_cam(net: LesionClassifierNet, patches: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Grad-CAM maps ``[N, S, S]`` in [0, 1] for ``patches [N, 3, S, S]`` and target ``classes``."""
-    target = net._blocks[-1]
-    store: dict[str, torch.Tensor] = {}
+def _check(net) -> None:
+    if not isinstance(net, LesionClassifierNet):
+        raise SaliencyUnavailable("saliency maps need a CNN classifier; this one classifies radiomics features of "
+                                  "the lesion mask (its model file's summary lists the features)")
 
-    def hook(_module, _inp, out):
-        out = out[-1] if isinstance(out, (list, tuple)) else out
-        out.retain_grad()
-        store["act"] = out
 
-    handle = target[-1].register_forward_hook(hook) if isinstance(target, torch.nn.ModuleList) else target.register_forward_hook(hook)
-    was_training = net.training
-    net.eval()
+def _layer_name(net: LesionClassifierNet, size: int, min_cells: int = 4) -> str:
+    """Name of the deepest block whose output is at least ``min_cells`` wide for ``size`` px patches."""
+    widths: dict[int, int] = {}
+    hooks = [b.register_forward_hook(lambda _m, _i, out, k=k: widths.__setitem__(
+        k, (out[-1] if isinstance(out, (list, tuple)) else out).shape[-1])) for k, b in enumerate(_block_outputs(net))]
     try:
-        with torch.enable_grad():
-            x = patches.detach().clone().requires_grad_(True)
-            logits = net(x)
-            score = logits.gather(1, torch.as_tensor(classes, device=logits.device).view(-1, 1)).sum()
-            score.backward()
-        act, grad = store["act"], store["act"].grad
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * act).sum(1, keepdim=True))
-        cam = F.interpolate(cam, size=patches.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        cam = cam / cam.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1)
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size, device=next(net.parameters()).device))
     finally:
-        handle.remove()
-        net.train(was_training)
-        net.zero_grad(set_to_none=True)
-    return cam.detach()
+        for h in hooks:
+            h.remove()
+    k = max((k for k, w in widths.items() if w >= min_cells), default=len(widths) - 1)
+    target = _block_outputs(net)[k]
+    return next(name for name, m in net.named_modules() if m is target)
+
+
+def _block_outputs(net: LesionClassifierNet) -> list[torch.nn.Module]:
+    """The module whose output is each block's output (the last of a group of modules)."""
+    return [b[-1] if isinstance(b, torch.nn.ModuleList) else b for b in net._blocks]
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    maps = maps.clamp_min(0)
+    return maps / maps.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1)
+
+
+def grad_cam(net: LesionClassifierNet, patches: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Grad-CAM maps ``[N, S, S]`` in [0, 1] (monai.visualize.GradCAM) for ``patches [N, 3, S, S]``."""
+    from monai.visualize import GradCAM
+
+    _check(net)
+    net = copy.deepcopy(net).eval()  # MONAI's hooks stay on the module: keep them off the served network
+    cam = GradCAM(net, target_layers=_layer_name(net, patches.shape[-1]), postprocessing=lambda x: x)
+    out = torch.zeros(patches.shape[0], *patches.shape[-2:])
+    cls = torch.as_tensor(classes)
+    with torch.enable_grad():
+        for c in cls.unique().tolist():  # MONAI scores one class index for the whole batch
+            idx = (cls == c).nonzero().flatten()
+            x = patches[idx].detach().clone().requires_grad_(True)
+            out[idx] = cam(x, class_idx=int(c))[:, 0].detach().float().cpu()
+    return _normalise(out)
+
+
+def occlusion_map(net: LesionClassifierNet, patches: torch.Tensor, classes: list[int],
+                  mask_fraction: float = 0.125) -> torch.Tensor:
+    """Occlusion sensitivity ``[N, S, S]`` in [0, 1] (monai.visualize.OcclusionSensitivity): the drop of
+    each patch's class probability when the region around a pixel is occluded (0 = no drop)."""
+    from monai.visualize import OcclusionSensitivity
+
+    _check(net)
+    net = net.eval()
+    size = patches.shape[-1]
+    occ = OcclusionSensitivity(net, mask_size=max(3, int(size * mask_fraction)), n_batch=64, verbose=False)
+    out = torch.zeros(patches.shape[0], *patches.shape[-2:])
+    with torch.no_grad():
+        base = torch.softmax(net(patches), 1)
+        for i, c in enumerate(classes):
+            occ_map, _ = occ(patches[i:i + 1])  # [1, K, S, S]: class probabilities with the region occluded
+            prob = torch.as_tensor(occ_map[0, int(c)]).float().cpu()
+            out[i] = base[i, int(c)].cpu() - prob
+    return _normalise(out)
+
+
+def saliency_maps(net: LesionClassifierNet, patches: torch.Tensor, classes: list[int], method: str = "gradcam") -> torch.Tensor:
+    if method == "gradcam":
+        return grad_cam(net, patches, classes)
+    if method == "occlusion":
+        return occlusion_map(net, patches, classes)
+    raise ValueError(f"unknown saliency method '{method}' (one of {METHODS})")
 
 
 def saliency_volume(net: LesionClassifierNet, volume: torch.Tensor, spacing, geoms: list[LesionGeometry],
-                    classes: list[int], cfg: PatchConfig, index_to_physical) -> tuple[np.ndarray, list[SaliencyPeak]]:
-    """A uint8 volume (0-255) with each lesion's Grad-CAM on its axial plane, and the peaks."""
+                    classes: list[int], cfg: PatchConfig, index_to_physical,
+                    method: str = "gradcam") -> tuple[np.ndarray, list[SaliencyPeak]]:
+    """A uint8 volume (0-255) with each lesion's map on its axial plane, and the peaks."""
+    _check(net)
     out = np.zeros(tuple(volume.shape), np.uint8)
     if not geoms:
         return out, []
     single = PatchConfig(size=cfg.size, mode=cfg.mode, context=cfg.context, min_fov_mm=cfg.min_fov_mm, views=1)
     patches = extract_patches(volume, spacing, geoms, single)[:, 0]
-    cams = grad_cam(net, patches, classes).cpu().numpy()
+    cams = saliency_maps(net, patches, classes, method).cpu().numpy()
     peaks = []
     size = cfg.size
     t = (np.arange(size) + 0.5) / size - 0.5
@@ -76,9 +138,12 @@ def saliency_volume(net: LesionClassifierNet, volume: torch.Tensor, spacing, geo
         ok_x = (xs >= 0) & (xs < out.shape[0])
         ok_y = (ys >= 0) & (ys < out.shape[1])
         if 0 <= z < out.shape[2]:
-            values = (cam[np.ix_(ok_x, ok_y)] * 255).astype(np.uint8)
-            region = out[np.ix_(xs[ok_x], ys[ok_y], [z])][..., 0]
-            out[np.ix_(xs[ok_x], ys[ok_y], [z])] = np.maximum(region, values)[..., None]
+            # several patch pixels fall in one voxel when the patch is finer than the scan: keep their max
+            values = np.round(cam[np.ix_(ok_x, ok_y)] * 255).astype(np.uint8)
+            rows, cols = np.meshgrid(xs[ok_x], ys[ok_y], indexing="ij")
+            plane = out[:, :, z]
+            np.maximum.at(plane, (rows, cols), values)
+            out[:, :, z] = plane
         r, c = np.unravel_index(int(cam.argmax()), cam.shape)
         vox = (g.centre_vox[0] + t[r] * fov / spacing[0], g.centre_vox[1] + t[c] * fov / spacing[1], g.centre_vox[2])
         peaks.append(SaliencyPeak(i, tuple(round(float(v), 2) for v in vox),

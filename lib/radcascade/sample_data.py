@@ -12,10 +12,22 @@ the organ, drawn from two classes that differ in *appearance*, not in one intens
 The core densities overlap, so no single threshold separates the classes.  Then the whole
 volume gets partial-volume blur and quantum noise.
 
+That default family is easy for intensity statistics alone (the rim lifts the upper percentiles of
+malignant lesions). The second family, ``family="matched"``, is harder: the classes differ only in
+**margin, shape and internal texture**, and the voxel values inside every lesion are finally
+rank-mapped onto the same kind of target histogram for both classes (a normal distribution whose
+level and spread are drawn from one range), so first-order statistics (mean, percentiles, std,
+max) carry no class information:
+
+* **benign**: near-ellipsoid outline (mild deformation), sharp margin, coarse smooth texture;
+* **malignant**: lobulated outline, infiltrative margin blurred into the organ around it, fine
+  mottled texture brighter towards the periphery.
+
 Usage::
 
     python -m radcascade.sample_data --out sample-data/abdomen --labelled 8 --unlabelled 4
     python -m radcascade.sample_data --out /tmp/ct --labelled 2 --shape 512 512 200 --spacing 0.8 0.8 2.5
+    python -m radcascade.sample_data --out /tmp/hard --labelled 20 --family matched
 """
 
 from __future__ import annotations
@@ -39,6 +51,9 @@ BENIGN, MALIGNANT = 0, 1  # lesion class index into LabelContract.lesion_classes
 # (roughly a quarter of the dose: noise grows as 1/sqrt(dose)) that a site may add later.
 STANDARD_NOISE_HU = (6.0, 14.0)
 LOW_DOSE_NOISE_HU = (28.0, 40.0)
+# Lesion families: "default" (the committed sample set) and "matched" (first-order statistics
+# matched between classes; see the module docstring).
+FAMILIES = ("default", "matched")
 
 
 @dataclass(frozen=True)
@@ -103,9 +118,12 @@ def generate_study(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     max_lesions: int = 5,
     noise_hu: tuple[float, float] = STANDARD_NOISE_HU,
+    family: str = "default",
 ) -> Study:
     """Generate one study deterministically from ``seed`` (``noise_hu``: range of the noise std; the
-    anatomy and lesions do not depend on it)."""
+    anatomy and lesions do not depend on it; ``family``: one of :data:`FAMILIES`)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown lesion family '{family}' (one of {FAMILIES})")
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -180,6 +198,7 @@ def generate_study(
 
     # Lesions inside the organ.
     lesions: list[LesionSpec] = []
+    matched: list[tuple[np.ndarray, float, float]] = []  # family "matched": (mask, level, spread) per lesion
     n_lesions = int(rng.integers(0, max_lesions + 1))
     inside = ndimage.distance_transform_edt(organ, sampling=spacing)
     for _ in range(n_lesions):
@@ -193,6 +212,15 @@ def generate_study(
         centre = [(ci[a] - (shape[a] - 1) / 2.0) * spacing[a] for a in range(3)]
         lx, ly, lz = x - centre[0], y - centre[1], z - centre[2]
         lr = np.sqrt(lx**2 + ly**2 + lz**2)
+        if family == "matched":
+            mask, hu, level, spread = _matched_lesion(rng, cls, radius, lx, ly, lz, lr, shape, hu)
+            mask &= organ
+            if not mask.any():
+                continue
+            label[mask] = 2 + cls
+            matched.append((mask, level, spread))
+            lesions.append(LesionSpec(cls, tuple(float(c) for c in centre), diameter, level))
+            continue
         if cls == BENIGN:
             stretch = rng.uniform(0.85, 1.15, size=3)
             er = np.sqrt((lx / stretch[0]) ** 2 + (ly / stretch[1]) ** 2 + (lz / stretch[2]) ** 2)
@@ -223,8 +251,49 @@ def generate_study(
     hu += rng.normal(0.0, rng.uniform(*noise_hu), size=shape).astype(np.float32)
     hu = np.clip(hu, -1024, 3071)
     hu[~np.broadcast_to(body, shape) & (hu < -900)] = -1000.0
+    for mask, level, spread in matched:
+        mask = mask & (label >= 2)  # a later lesion may have painted over part of it
+        if mask.any():
+            hu[mask] = _rank_match(hu[mask], level, spread)
     origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(shape, spacing))
     return Study(name, np.round(hu).astype(np.int16), label, spacing, origin, lesions)
+
+
+def _matched_lesion(rng: np.random.Generator, cls: int, radius: float, lx, ly, lz, lr, shape, hu: np.ndarray):
+    """Family "matched": draw one lesion's outline, margin and texture (values are rank-mapped later).
+
+    Returns its mask, the volume with the lesion painted in, and its target histogram (level, spread),
+    drawn from the same ranges whatever the class."""
+    level = rng.uniform(0, 40)
+    spread = rng.uniform(8, 20)
+    contrast = 2.5 * spread  # texture well above the scanner noise, so the voxels' order follows it
+    if cls == BENIGN:
+        stretch = rng.uniform(0.85, 1.15, size=3)
+        er = np.sqrt((lx / stretch[0]) ** 2 + (ly / stretch[1]) ** 2 + (lz / stretch[2]) ** 2)
+        deform = _radial_harmonics(rng, 3, rng.uniform(0.0, 0.1))
+        rel = er / (radius * deform(lx, ly, lz, lr))
+        texture = _smooth_noise(rng, shape, 2.5, 1.0)  # coarse, smooth
+        mask = rel <= 1.0
+        return mask, np.where(mask, level + contrast * texture, hu), level, spread
+    lobes = _radial_harmonics(rng, 5, rng.uniform(0.25, 0.5))
+    rel = lr / (radius * lobes(lx, ly, lz, lr))
+    texture = _smooth_noise(rng, shape, 0.5, 1.0) + 1.5 * np.clip(rel, 0, 1) ** 2  # fine mottling, brighter rim
+    values = level + contrast * texture
+    margin = rng.uniform(0.3, 0.6)  # infiltrative: blurred over this fraction of the radius
+    soft = np.clip((1.0 + margin - rel) / margin, 0, 1)
+    painted = np.where(rel <= 1.0, values, np.where(rel <= 1.0 + margin, soft * values + (1 - soft) * hu, hu))
+    return rel <= 1.0, painted, level, spread
+
+
+def _rank_match(values: np.ndarray, level: float, spread: float) -> np.ndarray:
+    """Keep the voxels' order (the texture), replace their values by the quantiles of N(level, spread)."""
+    from scipy.special import ndtri
+
+    n = len(values)
+    order = np.argsort(values, kind="stable")
+    out = np.empty(n, np.float32)
+    out[order] = level + spread * ndtri((np.arange(n) + 0.5) / n)
+    return out
 
 
 def _to_sitk(array: np.ndarray, spacing, origin) -> sitk.Image:
@@ -257,6 +326,7 @@ def generate_datastore(
     contract: LabelContract | None = None,
     lesion_free: frozenset[int] = frozenset(),
     low_dose: frozenset[int] = frozenset(),
+    family: str = "default",
 ) -> list[Study]:
     """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
 
@@ -270,7 +340,7 @@ def generate_datastore(
     studies, manifest = [], {}
     for i, s in enumerate(seeds):
         study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else 5,
-                               noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU)
+                               noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU, family=family)
         write_study(study, out, with_label=i < labelled, contract=contract)
         manifest[study.name] = {
             "labelled": i < labelled,
@@ -283,7 +353,10 @@ def generate_datastore(
         }
         studies.append(study)
     tmp = out / ".truth.json.tmp"
-    tmp.write_text(json.dumps({"seed": seed, "shape": list(shape), "spacing": list(spacing), "studies": manifest}, indent=1))
+    head = {"seed": seed, "shape": list(shape), "spacing": list(spacing)}
+    if family != "default":  # the default family's manifest stays byte-identical
+        head["family"] = family
+    tmp.write_text(json.dumps({**head, "studies": manifest}, indent=1))
     os.replace(tmp, out / "truth.json")
     return studies
 
@@ -297,8 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", type=int, nargs=3, default=DEFAULT_SHAPE)
     p.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING)
     p.add_argument("--prefix", default="study")
+    p.add_argument("--family", default="default", choices=FAMILIES)
     a = p.parse_args(argv)
-    studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix)
+    studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix,
+                                 family=a.family)
     n_les = sum(len(s.lesions) for s in studies)
     print(f"wrote {len(studies)} studies ({a.labelled} labelled) with {n_les} lesions to {a.out}")
 

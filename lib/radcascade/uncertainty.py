@@ -23,10 +23,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from radcascade.cascade import Cascade
-from radcascade.patches import LesionGeometry, extract_patches
 from radcascade.stages import OrganResult, window_logits
 from radcascade.preprocessing import pad_to_multiple, resample
-from radcascade.classifier import predict_lesions
 from radcascade.volumes import Volume
 
 
@@ -215,12 +213,9 @@ class CascadeUncertainty:
                           for kind in ("epistemic", "tta"))
         image, organ = maps.image, maps.organ_result
         result = c.run(volume, organ=organ)
-        cls = 0.0
-        loaded = c.classifier_model.get() if c.classifier_model else None
-        if result.lesions and loaded is not None:
-            geoms = [LesionGeometry(f.centroid_voxel, f.extent_mm) for f in result.lesions]
-            preds = predict_lesions(loaded.network, extract_patches(image[0], volume.spacing, geoms, loaded.checkpoint.patch))
-            cls = float(np.mean([p.entropy for p in preds]))
+        # The classifier's entropy per lesion comes with the cascade's run (any classifier kind).
+        cls = 0.0 if result.provisional_classes or not result.lesions else float(
+            np.mean([f.uncertainty.get("entropy", 0.0) for f in result.lesions]))
         histogram = organ_histogram(image[0][organ.box.slices], organ.mask)
         return StudyUncertainty(epistemic, tta, cls, True, len(result.lesions), histogram, **per_stage)
 

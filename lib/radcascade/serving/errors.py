@@ -8,7 +8,9 @@ import logging
 from fastapi import HTTPException
 
 from radcascade.checkpoints import CheckpointError
+from radcascade.classifier import RadiomicsInputsMissing
 from radcascade.labels import LabelContractError
+from radcascade.saliency import SaliencyUnavailable
 from radcascade.stages import StageUntrainedError
 from radcascade.volumes import InvalidVolumeError
 
@@ -35,7 +37,7 @@ def as_http_errors(subject: str | None = None):
         message = f"{subject}: {e.reason}" if subject else str(e)
         too_large = getattr(e, "too_large", False) or "exceeds the limit" in e.reason
         raise client_error(413 if too_large else 422, message) from None
-    except LabelContractError as e:
+    except (LabelContractError, SaliencyUnavailable, RadiomicsInputsMissing) as e:
         raise client_error(422, str(e)) from None
     except (StageUntrainedError, CheckpointError) as e:
         raise client_error(503, f"{e}; train the stage first (POST /train/...)") from None

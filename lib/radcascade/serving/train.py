@@ -86,7 +86,8 @@ class ClassifierTrainTask(_DatastoreTrainTask):
 
     def __init__(self, contract: LabelContract, model_path: Path, defaults: ClassifierTrainOptions, patch: PatchConfig,
                  allow_download: bool, tracking_uri: str | None = None):
-        super().__init__("Train the lesion classifier (scratch, deep features, layer-wise fine-tuning or auto)",
+        super().__init__("Train the lesion classifier (radiomics, deep features, layer-wise fine-tuning, scratch, "
+                         "or auto: chosen by study-level cross-validation)",
                          contract, model_path, defaults, tracking_uri)
         self.patch = patch
         self.allow_download = allow_download
