@@ -1,6 +1,6 @@
 """The label contract: one source of truth for label names, values and colours.
 
-Contract (PRODUCT.md): ``0`` background, ``1`` organ, ``2..K+1`` one value per lesion class,
+Contract: ``0`` background, ``1`` organ, ``2..K+1`` one value per lesion class,
 contiguous.  Inference, training, the datastore validation and the Slicer-facing ``/info`` all
 read a :class:`LabelContract`; nothing else hard-codes label values.
 """
