@@ -39,24 +39,35 @@ class _DatastoreTrainTask(TrainTask):
         self.stats_path = self.model_path.with_suffix(".stats.json")
         self.defaults = defaults
         self.tracking_uri = tracking_uri  # MLflow store every run is recorded in (None: not recorded)
+        self._stats_cache: tuple[tuple, float, Dict[str, Any]] | None = None  # (file stamp, mtime, stats)
 
     def config(self) -> Dict[str, Any]:
         return self.defaults.config()
 
     def stats(self) -> Dict[str, Any]:
-        try:
-            stats = json.loads(self.stats_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return stats if isinstance(stats, dict) else {}
+        return self._read_stats()[1]
 
     def state(self, name: str) -> TrainerState:
         """Statistics and the time they were written, for the Slicer-facing ``train_stats``."""
+        updated, stats = self._read_stats()
+        return TrainerState(name, stats, updated, self.metric_name)
+
+    def _read_stats(self) -> tuple[float, Dict[str, Any]]:
+        """``(mtime, stats)``; the file is parsed again only when it changed (``/info`` is polled)."""
         try:
-            updated = self.stats_path.stat().st_mtime
+            st = self.stats_path.stat()
         except FileNotFoundError:
-            updated = 0.0
-        return TrainerState(name, self.stats(), updated, self.metric_name)
+            return 0.0, {}
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._stats_cache
+        if cached is None or cached[0] != stamp:
+            try:
+                stats = json.loads(self.stats_path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return st.st_mtime, {}  # being replaced right now: not cached
+            cached = (stamp, st.st_mtime, stats if isinstance(stats, dict) else {})
+            self._stats_cache = cached
+        return cached[1], dict(cached[2])
 
     def options(self, request):
         """The typed defaults overridden by the request (a clear 422 for a value that does not parse)."""
