@@ -185,9 +185,10 @@ class _CascadeTask(_Saliency, InferTask):
 class CascadeInferTask(_CascadeTask):
     """Organ, then lesions, then their classes, in one request, on one in-memory image.
 
-    Its answer on a datastore study is also kept as the study's ``original`` label (what Slicer
-    loads on Next sample even when its auto-run setting is off); a later request with the same
-    models is answered from that copy instead of running the networks again.
+    Next sample keeps its answer as the study's ``original`` label (:meth:`precompute_original`:
+    what Slicer loads even when its auto-run setting is off); a later request with the same models
+    is answered from that copy instead of running the networks again.  Other requests do not store
+    anything but the findings report (storing a CT-sized label costs more than the networks do).
     """
 
     stage_names = ("organ", "lesion", "classifier")
@@ -204,16 +205,17 @@ class CascadeInferTask(_CascadeTask):
             result = self.cascade.run(volume)
         path, out = self._respond(volume, result, t0, {"load": load_s}, request)
         out["cached"] = False
-        if image_id := self._image_id(request):
-            self._keep_original(image_id, path, out)
         return path, out
 
     def precompute_original(self, image_id: str) -> bool:
         """Run the cascade on a study unless its ``original`` label is already from the current models."""
         if self._original_info(image_id) is not None:
             return False
-        path, _ = self({"image": self.datastore().get_image_uri(image_id), "image_id": image_id})
-        discard(path)
+        path, out = self({"image": self.datastore().get_image_uri(image_id), "image_id": image_id, "fresh": True})
+        try:
+            self._keep_original(image_id, path, out)
+        finally:
+            discard(path)
         return True
 
     def _original_info(self, image_id: str) -> dict | None:
