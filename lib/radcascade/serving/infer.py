@@ -150,6 +150,16 @@ class _CascadeTask(_Saliency, InferTask):
         image_id = self._image_id(request)
         return self.datastore().get_label_uri(image_id, "final") or None if image_id else None
 
+    def _classified(self, volume: Volume, label_path: str | None, label_info, keep_drawn_classes: bool) -> CascadeResult:
+        """The lesions of a label (mapped by ``label_info``; None: contract values) with their classes,
+        or, without a label, the cascade's own lesions."""
+        if label_path:
+            label = self.cascade.contract.remap_by_name(load_label_for(label_path, volume), label_info)
+            return self.cascade.relabel(volume, label, keep_drawn_classes=keep_drawn_classes)
+        result = self.cascade.run(volume)
+        result.notes.append("no submitted label for this study: classified the cascade's own lesions")
+        return result
+
     def model_versions(self) -> Dict[str, Any]:
         return {name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
                 for name in self.stage_names if name in self._models()}
@@ -335,13 +345,7 @@ class ClassifyInferTask(_CascadeTask):
             label_path, label_info = self._submitted_label(request), None  # stored in contract values
         keep = _wants(request, "keep_drawn_classes", default=True)
         with as_http_errors("label"):
-            if label_path:
-                raw = load_label_for(label_path, volume)
-                label = self.cascade.contract.remap_by_name(raw, label_info)
-                result = self.cascade.relabel(volume, label, keep_drawn_classes=keep)
-            else:
-                result = self.cascade.run(volume)
-                result.notes.append("no submitted label for this study: classified the cascade's own lesions")
+            result = self._classified(volume, label_path, label_info, keep)
         return self._respond(volume, result, t0, {"load": load_s}, request)
 
 
@@ -362,13 +366,8 @@ class SaliencyInferTask(_CascadeTask):
         t0 = time.perf_counter()
         volume = self._load(request)
         load_s = time.perf_counter() - t0
-        label_path = self._submitted_label(request)
         with as_http_errors():
-            if label_path:
-                label = load_label_for(label_path, volume)
-                result = self.cascade.relabel(volume, label, keep_drawn_classes=False)
-            else:
-                result = self.cascade.run(volume)
+            result = self._classified(volume, self._submitted_label(request), None, keep_drawn_classes=False)
             t1 = time.perf_counter()
             if not result.lesions or result.provisional_classes:
                 raise client_error(422, "no classified lesions to explain (no lesion found, or no trained classifier)")
@@ -379,7 +378,7 @@ class SaliencyInferTask(_CascadeTask):
         out_result = CascadeResult(bands, result.organ_found, result.organ_volume_ml, result.lesions,
                                    {**result.latencies_s, "saliency": time.perf_counter() - t1}, provisional_classes=False,
                                    notes=["attention bands are an overlay: delete them before Submit label"])
-        path, out = self._respond(volume, out_result, t0, {"load": load_s}, {**request, "image_id": None})
-        out["label_names"] = {"background": 0, **self._labels()}
+        path, out = self._respond(volume, out_result, t0, {"load": load_s}, {**request, "image_id": None},
+                                  label_names=self._labels())
         out["peaks"] = [p.__dict__ for p in peaks]
         return path, out
