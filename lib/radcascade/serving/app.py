@@ -51,6 +51,7 @@ from radcascade.cascade import Cascade
 from radcascade.checkpoints import atomic_write, remove_stale_model_temporaries
 from radcascade.labels import LabelContract
 from radcascade.serving.admission import Admission, AdmissionPolicy
+from radcascade.serving.archive import DEFAULT_SYNC_INTERVAL_S, ArchiveDatastore
 from radcascade.serving.datastore import ValidatingDatastore
 from radcascade.serving.errors import client_error
 from radcascade.patches import PatchConfig
@@ -146,20 +147,18 @@ class RadCascadeApp(MONAILabelApp):
         )
 
     def init_datastore(self):
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()  # DICOMweb (e.g. Orthanc) through MONAI Label's own support
-        return ValidatingDatastore(
-            self.studies,
-            self.contract,
-            max_voxels=self.max_voxels,
-            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
-        )
+        common = {"extensions": settings.MONAI_LABEL_DATASTORE_FILE_EXT, "max_voxels": self.max_voxels,
+                  "auto_reload": settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                  "read_only": settings.MONAI_LABEL_DATASTORE_READ_ONLY}
+        if self._remote_studies():  # a DICOMweb archive (a PACS, e.g. Orthanc), mirrored into a local cache
+            return ArchiveDatastore(
+                self.studies.rstrip("/"), self.contract, cache_dir=self.conf.get("dicomweb_cache") or None,
+                sync_interval_s=float(self.conf.get("dicomweb_sync_s", DEFAULT_SYNC_INTERVAL_S)), **common)
+        return ValidatingDatastore(self.studies, self.contract, **common)
 
     def init_infers(self) -> Dict[str, InferTask]:
         # Order matters: Slicer runs the first model on "Next sample".
-        reports = ReportStore.for_studies(self.studies) if not self._remote_studies() else None
+        reports = ReportStore.for_studies(self._datastore.folder)
         common = {"max_voxels": self.max_voxels, "datastore": self.datastore, "reports": reports}
         return {
             "cascade": CascadeInferTask(self.cascade, "Organ, lesions inside it, and each lesion's class", **common),
@@ -213,12 +212,14 @@ class RadCascadeApp(MONAILabelApp):
             logger.info("serving %d routes (others answer 404; --conf stock_routes to add MONAI Label groups: %s); "
                         "inference admission %s; training %s", len(served), ", ".join(self.stock_routes) or "none",
                         self.admission.policy, self.train_policy)
-            if not self._remote_studies():
-                server.app.include_router(report_router(lambda: ReportStore.for_studies(self.studies)))
-                server.app.openapi_schema = None
+            server.app.include_router(report_router(lambda: ReportStore.for_studies(self._datastore.folder)))
+            server.app.openapi_schema = None
 
     def info(self):
         info = super().info()
+        if isinstance(self._datastore, ArchiveDatastore):
+            info["archive"] = {"url": self._datastore.url, "cache": str(self._datastore.cache_dir),
+                               "studies": len(self._datastore.list_images()), "refused": dict(self._datastore.refused)}
         info["admission"] = {**asdict(self.admission.policy), **asdict(self.admission.stats())}
         # Slicer's module reads only the first train_stats entry and raises on a null metric.
         info["train_details"] = info.get("train_stats", {})
@@ -247,6 +248,8 @@ class RadCascadeApp(MONAILabelApp):
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:
             raise client_error(404, f"unknown strategy '{strategy}' (available: {', '.join(self._strategies)})")
+        if isinstance(self._datastore, ArchiveDatastore):
+            self._datastore.sync(force=False)  # new series and labels in the archive
         self.datastore().reload_if_changed()  # scores written by the scoring subprocess
         res = self._strategies[strategy](request, self.datastore())
         if not res or not res.get("id"):
@@ -260,7 +263,7 @@ class RadCascadeApp(MONAILabelApp):
         Next sample even with its "Auto-Run Pre-Trained Model" setting off (a fresh profile's default);
         with auto-run on, the cascade request that follows is answered from that copy."""
         cascade = self._infers.get("cascade")
-        if self._remote_studies() or not isinstance(cascade, CascadeInferTask):
+        if not isinstance(cascade, CascadeInferTask):
             return
         try:
             with self.admission.admit("next-sample inference"):

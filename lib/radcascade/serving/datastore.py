@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
@@ -47,6 +48,15 @@ from radcascade.volumes import (
 logger = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\- ]{0,127}$")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
+
+@dataclass(frozen=True)
+class ValidatedLabel:
+    """A submitted label in contract values on its image's geometry, and what is recorded about it."""
+
+    image: sitk.Image
+    values: np.ndarray  # [z, y, x] uint8 contract values
+    info: Dict[str, Any]
 
 
 def check_id(kind: str, value: str) -> str:
@@ -76,6 +86,11 @@ class ValidatingDatastore(LocalDatastore):
         removed = remove_stale_temporaries(self._datastore_path)
         if removed:
             logger.info("removed %d leftovers of interrupted writes", removed)
+
+    @property
+    def folder(self) -> Path:
+        """The datastore's folder (for an archive: its local cache)."""
+        return Path(self._datastore_path)
 
     def _update_datastore_file(self, lock=True):
         """The stock method rewrites ``datastore_v2.json`` in place: a kill mid-write leaves a file that
@@ -169,21 +184,35 @@ class ValidatingDatastore(LocalDatastore):
 
     # -- labels ---------------------------------------------------------------------------------
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        label = self.validated_label(image_id, label_filename, label_tag, label_info)
+        self.store_label(image_id, label_tag, label)
+        return image_id
+
+    def validated_label(self, image_id: str, label_filename: str, label_tag: str,
+                        label_info: Dict[str, Any]) -> ValidatedLabel:
+        """Read a submitted label, check it against its image and remap it by name (writes nothing)."""
         check_id("label tag", label_tag)
         image_uri = self.require_image(image_id)
         _suffix(label_filename)
         params = dict(label_info or {})
-        submitted_info = params.get("label_info")
+        submitted_info = params.pop("label_info", None)
         with as_http_errors(f"image '{image_id}'"):
             expected = read_geometry(image_uri)
         with as_http_errors(f"label for '{image_id}'"):
             label = read_label(label_filename, expected)
             values = sitk.GetArrayFromImage(label)
             remapped_label = self.contract.remap_submitted(values, submitted_info)
-            remapped = remapped_label.label
-        out = sitk.GetImageFromArray(remapped.astype(np.uint8))
+            remapped = remapped_label.label.astype(np.uint8)
+        out = sitk.GetImageFromArray(remapped)
         out.CopyInformation(label)
+        params.update({
+            "submitted_label_info": submitted_info,
+            "ignored_label_info": list(remapped_label.ignored),  # empty segments with unknown names
+        })
+        return ValidatedLabel(out, remapped, params)
 
+    def store_label(self, image_id: str, label_tag: str, label: ValidatedLabel) -> None:
+        """Write a validated label atomically (the replaced one kept in the label history)."""
         name = self._filename(image_id, ".nii.gz")
         dest = Path(self._datastore.label_path(label_tag)) / name
         with FileLock(self._lock_file):
@@ -192,25 +221,24 @@ class ValidatingDatastore(LocalDatastore):
             if obj is None:
                 raise client_error(404, f"unknown image id '{image_id}'")
             self._keep_history(image_id, label_tag)
-            atomic_write_image(out, dest)
+            atomic_write_image(label.image, dest)
             old = obj.labels.get(label_tag)
             if old is not None and old.ext != ".nii.gz":
                 (Path(self._datastore.label_path(label_tag)) / self._filename(image_id, old.ext)).unlink(missing_ok=True)
-            params.pop("label_info", None)
+            params = dict(label.info)
             params.update(
                 {
                     "ts": int(time.time()),
                     "name": name,
                     "label_info": [{"name": n, "idx": v} for n, v in self.contract.names_to_values().items()],
-                    "submitted_label_info": submitted_info,
-                    "ignored_label_info": list(remapped_label.ignored),  # empty segments with unknown names
-                    "label_counts": {self.contract.name_of(int(v)): int(c) for v, c in zip(*np.unique(remapped, return_counts=True))},
+                    "label_counts": {self.contract.name_of(int(v)): int(c)
+                                     for v, c in zip(*np.unique(label.values, return_counts=True))},
                 }
             )
             obj.labels[label_tag] = DataModel(info=params, ext=".nii.gz")
             self._update_datastore_file(lock=False)
-        logger.info("saved label %s/%s (remapped by name: %s)", label_tag, image_id, submitted_info is not None)
-        return image_id
+        logger.info("saved label %s/%s (remapped by name: %s)", label_tag, image_id,
+                    label.info.get("submitted_label_info") is not None)
 
     def save_map(self, image_id: str, tag: str, image: sitk.Image) -> None:
         """Store a server-made map (e.g. Grad-CAM) under ``labels/<tag>/`` so clients can download it."""

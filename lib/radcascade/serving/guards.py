@@ -110,6 +110,18 @@ class RequestFolder:
             header = check_volume_file(path, budget, name=subject, expected_size=expected_size)
         return ReceivedVolume(path, header)
 
+    def receive_file(self, upload: UploadFile, name: str, max_bytes: int, subject: str) -> Path:
+        """Save an upload that is not a volume (a DICOM SEG) as ``name``, refusing more than ``max_bytes``."""
+        path = self.path / name
+        written = 0
+        with open(path, "wb") as out:
+            while chunk := upload.file.read(CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise client_error(413, f"{subject}: the file exceeds the limit of {max_bytes} bytes")
+                out.write(chunk)
+        return path
+
 
 @contextlib.contextmanager
 def request_folder() -> Iterator[RequestFolder]:

@@ -204,18 +204,37 @@ class CascadeInferTask(_CascadeTask):
     stage_names = ("organ", "lesion", "classifier")
     options = {"fresh": False}  # run the networks even when the stored result is from the same models
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self._archive() is not None:  # a DICOMweb archive: offer to keep the result there (SEG + SR)
+            self._config["store_in_archive"] = False
+
+    def _archive(self):
+        store = self.datastore() if self.datastore is not None else None
+        return store if hasattr(store, "store_result") else None
+
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()
+        store = _wants(request, "store_in_archive")
+        if store and (self._archive() is None or not self._image_id(request)):
+            raise client_error(422, "store_in_archive needs a study of a DICOMweb archive (--studies http://.../dicom-web)")
         reuse = not (_wants(request, "saliency") or _wants(request, "fresh"))
-        if reuse and (cached := self._from_original(request, t0)) is not None:
-            return cached
-        volume = self._load(request)
-        load_s = time.perf_counter() - t0
-        with as_http_errors():
-            result = self.cascade.run(volume)
-        path, out = self._respond(volume, result, t0, {"load": load_s}, request)
-        out["cached"] = False
-        return path, out
+        answer = self._from_original(request, t0) if reuse else None
+        if answer is None:
+            volume = self._load(request)
+            load_s = time.perf_counter() - t0
+            with as_http_errors():
+                result = self.cascade.run(volume)
+            answer = self._respond(volume, result, t0, {"load": load_s}, request)
+            answer[1]["cached"] = False
+        if store:
+            path, out = answer
+            try:
+                out["archive"] = self._archive().store_result(self._image_id(request), path, out).to_json()
+            except BaseException:
+                discard(path)
+                raise
+        return answer
 
     def precompute_original(self, image_id: str) -> bool:
         """Run the cascade on a study unless its ``original`` label is already from the current models."""

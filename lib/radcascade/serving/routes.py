@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from enum import Enum
@@ -190,8 +191,8 @@ class ServedRoutes:
         return self.instance.datastore()
 
     def _image_path(self, image_id: str) -> str:
-        uri = self._datastore().get_image_uri(check_id("image id", image_id))
-        if not uri or not os.path.exists(uri):
+        uri = self._datastore().require_image(check_id("image id", image_id))
+        if not os.path.exists(uri):
             raise client_error(404, f"unknown image id '{image_id}'")
         return uri
 
@@ -288,9 +289,15 @@ class ServedRoutes:
         with as_http_errors(f"image '{image}'"):
             size = read_geometry(image_path).size
         with request_folder() as folder:
-            received = folder.receive(label, "label", self._label_budget(), expected_size=size,
-                                      subject=f"label for '{image}'")
-            label_id = self._datastore().save_label(image, str(received.path), tag, info)
+            store = self._datastore()
+            if getattr(store, "accepts_dicom_seg", False) and (label.filename or "").lower().endswith((".dcm", ".dicom")):
+                # a DICOM SEG of the study's series (archive studies); bounded like a one-byte label map
+                received_path = folder.receive_file(label, "label.dcm", math.prod(size) + (1 << 24),
+                                                    subject=f"label for '{image}'")
+            else:
+                received_path = folder.receive(label, "label", self._label_budget(), expected_size=size,
+                                               subject=f"label for '{image}'").path
+            label_id = store.save_label(image, str(received_path), tag, info)
         return {**(self.instance.on_save_label(image, label_id) or {}), "image": image, "label": label_id}
 
     def remove_label(self, id: str, tag: str, user: User = ADMIN):
