@@ -9,7 +9,7 @@ APP := apps/radcascade
 CONF ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test sample-data pretrain bench clean
+.PHONY: venv serve test sample-data pretrain bench orthanc clean
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ $(VENV)/.installed: pyproject.toml requirements-lock.txt
 serve: venv $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt $(APP)/pretrained/classifier.pt
 	PATH="$(CURDIR)/$(BIN):$$PATH" MONAI_LABEL_TRACKING_ENABLED=false \
 		$(BIN)/monailabel start_server --app $(APP) --studies $(STUDIES) --host $(HOST) --port $(PORT) $(CONF)
+
+# A local DICOMweb archive (Debian: apt-get install orthanc orthanc-dicomweb) holding the sample data as
+# CT series, their labels as DICOM SEG; then `make serve STUDIES=http://127.0.0.1:8042/dicom-web`.
+ORTHANC_PORT ?= 8042
+orthanc: venv
+	$(BIN)/python -m radcascade.orthanc --storage .orthanc --port $(ORTHANC_PORT) --upload $(STUDIES)
 
 test: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)

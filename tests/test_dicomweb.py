@@ -220,3 +220,31 @@ def test_submit_stores_a_seg_and_training_reads_it_back(archive_server):
         time.sleep(1)
     assert status["status"] == "DONE", status.get("details", [])[-5:]
     assert any("on 4 labelled studies" in line for line in status.get("details", [])), status.get("details", [])[-20:]
+
+
+def test_submit_while_the_archive_is_down_writes_nothing(tmp_path):
+    """A label the archive did not accept is not cached either (HTTP 502), and the mirror keeps serving."""
+    _orthanc_or_skip()
+    from fastapi import HTTPException
+
+    from radcascade.serving.archive import ArchiveDatastore
+
+    orthanc = OrthancServer(tmp_path / "orthanc", localserver.free_port(), localserver.free_port()).start()
+    try:
+        studies = make_studies(tmp_path / "studies", labelled=0, unlabelled=1, seed=5)
+        upload_studies(DicomWebArchive(orthanc.dicomweb_url), studies.folder, CONTRACT)
+        store = ArchiveDatastore(orthanc.dicomweb_url, CONTRACT, cache_dir=tmp_path / "cache")
+        (image_id,) = store.list_images()
+    finally:
+        orthanc.stop()
+    image_file = store.get_image_uri(image_id)
+    values = np.zeros(sitk.GetArrayFromImage(sitk.ReadImage(image_file)).shape, np.uint8)
+    values[2:4, 10:20, 10:20] = 1
+    path = _write_label(values, image_file, tmp_path)
+    with pytest.raises(HTTPException) as e:
+        store.save_label(image_id, path, "final", {})
+    assert e.value.status_code == 502 and "not stored" in e.value.detail
+    assert not store.get_label_uri(image_id, "final")
+    assert not list((tmp_path / "cache" / "labels" / "final").glob("*"))
+    store.sync()  # the archive is down: logged, the cached study is still served
+    assert store.list_images() == [image_id]

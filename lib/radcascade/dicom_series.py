@@ -174,6 +174,7 @@ def volume_to_series(image: sitk.Image, patient: Patient, series_uid: str | None
         ds.WindowCenter, ds.WindowWidth = "40", "400"
         ds.PixelData = stored[z].tobytes()
         ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.preamble = b"\x00" * 128  # a Part 10 file when written
         out.append(ds)
     return out
 

@@ -51,6 +51,9 @@ class DicomWebArchive:
         session = session or requests.Session()
         session.request = _with_timeout(session.request, timeout_s)
         self.client = DICOMwebClient(url=self.url, session=session)
+        # A busy archive (429/503/504) gets 3 tries over ~1 s, not the client's default 5 over ~30 s:
+        # a Submit waits on this, and a refused store writes nothing, so the user can simply retry.
+        self.client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=250)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
