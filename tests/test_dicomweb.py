@@ -109,7 +109,13 @@ def test_archive_is_served_with_its_labels_and_bad_series_refused(archive_server
     for bad, status in ((archive_server["mr"], 404), (archive_server["corrupt"], 422)):
         with pytest.raises(MONAILabelClientException) as e:
             client.infer("cascade", bad, {})
-        assert f"Status: {status}" in str(e.value) or e.value.status_code == status
+        assert f"Status: {status}" in str(e.value)
+    # the archive owns its images: no upload, no removal through the app
+    count = archive_server["archive"].instance_count()
+    with pytest.raises(MONAILabelClientException) as e:
+        client.upload_image(str(next(archive_server["studies"].folder.glob("*.nii.gz"))), "new_study")
+    assert "Status: 405" in str(e.value)
+    assert archive_server["archive"].instance_count() == count
 
 
 def test_cascade_result_and_lesion_report_go_to_the_archive(archive_server):
@@ -248,3 +254,25 @@ def test_submit_while_the_archive_is_down_writes_nothing(tmp_path):
     assert not list((tmp_path / "cache" / "labels" / "final").glob("*"))
     store.sync()  # the archive is down: logged, the cached study is still served
     assert store.list_images() == [image_id]
+
+
+def test_slicer_module_replayed_on_the_archive(archive_server, tmp_path):
+    """3D Slicer's module (replayed, see slicer_replay.py) on an archive server: Next sample shows the
+    cascade, Submit in the module's segment order lands in the archive as a SEG mapped by name."""
+    from slicer_replay import SlicerModule
+
+    archive = archive_server["archive"]
+    module = SlicerModule(archive_server["url"], tmp_path)
+    module.fetch_info()
+    assert module.info["models"]["cascade"]["config"]["store_in_archive"] is False  # a check box in Options
+    sample = module.next_sample("random")
+    assert sample["id"] in archive_server["ct"] and sample["shown_original"]
+    module.run_model("cascade")
+    drawn = {name: mask.copy() for name, mask in module.segments.items()}
+    segs_before = {r.series_uid for r in archive.series("SEG")}
+    module.submit(order=list(reversed(module.segments)))
+    new = [r for r in archive.series("SEG") if r.series_uid not in segs_before]
+    assert len(new) == 1
+    stored = seg_to_label(archive.retrieve_series(new[0])[0], _ct_series(archive, sample["id"]), CONTRACT)
+    for name, mask in drawn.items():
+        np.testing.assert_array_equal(stored == CONTRACT.value_of(name), mask)
