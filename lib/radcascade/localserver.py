@@ -99,18 +99,25 @@ def start_server(studies: Path, log: Path, conf: dict[str, str] | None = None, a
     fh = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     server = LocalServer(f"http://127.0.0.1:{port}", proc, log)
+    if wait_until_answering(proc, server.url + "/info/", timeout_s, interval_s=1.0, log=log):
+        return server
+    server.stop()
+    raise RuntimeError(f"server did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def wait_until_answering(proc: subprocess.Popen, url: str, timeout_s: float, interval_s: float, log: Path) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout_s`` passes (False); raise if ``proc`` exits."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{Path(proc.args[0]).name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(server.url + "/info/", timeout=5).status_code == 200:
-                return server
+            if requests.get(url, timeout=5).status_code == 200:
+                return True
         except requests.RequestException:
             pass
-        time.sleep(1)
-    server.stop()
-    raise RuntimeError(f"server did not answer within {timeout_s}s:\n{log.read_text()[-3000:]}")
+        time.sleep(interval_s)
+    return False
 
 
 def _status_kb(pid: int, field: str) -> int | None:

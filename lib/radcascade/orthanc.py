@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
 import SimpleITK as sitk
 
 from radcascade.dicom_seg import label_to_seg
 from radcascade.dicom_series import Patient, series_to_volume, volume_to_series
 from radcascade.dicomweb import DicomWebArchive
 from radcascade.labels import LabelContract
+from radcascade.localserver import wait_until_answering
 
 logger = logging.getLogger(__name__)
 ORTHANC_BINARY = "Orthanc"
@@ -83,16 +83,8 @@ class OrthancServer:
         log = open(self.storage / "orthanc.log", "ab")
         self.process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT,
                                         cwd=self.storage, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.storage / 'orthanc.log'}")
-            try:
-                if requests.get(f"{self.dicomweb_url}/studies", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        if wait_until_answering(self.process, f"{self.dicomweb_url}/studies", timeout_s, 0.2, self.storage / "orthanc.log"):
+            return self
         self.stop()
         raise RuntimeError(f"Orthanc did not answer within {timeout_s:.0f} s; see {self.storage / 'orthanc.log'}")
 
