@@ -11,6 +11,7 @@ from the archive's labels; every SEG and SR is read back with highdicom and chec
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
@@ -154,6 +156,15 @@ def test_cascade_result_and_lesion_report_go_to_the_archive(archive_server):
             assert row.measurements["Probability"] == pytest.approx(prob)
     # the findings are also downloadable as CSV for the study
     assert answer["report"].startswith("/report/")
+
+    # MONAI Label's output=dicom_seg: any stage's answer as a SEG, its values mapped by name
+    organ = requests.post(f"{archive_server['url']}/infer/organ", params={"image": image_id, "output": "dicom_seg"},
+                          data={"params": "{}"}, timeout=120)
+    assert organ.status_code == 200 and organ.headers["content-type"] == "application/dicom"
+    organ_seg = pydicom.dcmread(io.BytesIO(organ.content))
+    organ_label = seg_to_label(organ_seg, series, CONTRACT)
+    assert set(np.unique(organ_label)) <= {0, CONTRACT.value_of(CONTRACT.organ)} and organ_label.any()
+    assert archive.instance_count() == before + 2  # answered, not stored
 
 
 def _write_label(values: np.ndarray, like: str, folder: Path) -> str:

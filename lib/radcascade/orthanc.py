@@ -77,6 +77,7 @@ class OrthancServer:
 
     def start(self, timeout_s: float = 30.0) -> "OrthancServer":
         binary = find_orthanc()
+        self.storage = self.storage.resolve()  # Orthanc runs in its storage folder
         self.storage.mkdir(parents=True, exist_ok=True)
         config = self.storage / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))

@@ -252,14 +252,28 @@ class ArchiveDatastore(ValidatingDatastore):
         except ArchiveError as e:
             raise client_error(502, f"{what} not stored: {e}") from e
 
-    def store_result(self, image_id: str, result_path: str, answer: dict) -> ArchiveCopy:
-        """The cascade's result as an AUTOMATIC SEG, with an SR of its lesions, in the archive."""
-        series = self.series(image_id)
+    def result_seg(self, image_id: str, result_path: str, label_names: Dict[str, int] | None = None) -> pydicom.Dataset:
+        """A model's result (values named by ``label_names``; default: contract values) as an AUTOMATIC SEG."""
         values = sitk.GetArrayFromImage(sitk.ReadImage(result_path)).astype(np.uint8)
+        if label_names:
+            lut = np.zeros(256, dtype=np.uint8)
+            for name, value in label_names.items():
+                if name == "background":
+                    continue
+                try:
+                    lut[int(value)] = self.contract.value_of(name)
+                except Exception as e:  # noqa: BLE001 - e.g. saliency bands: not a contract label
+                    raise client_error(422, f"result of '{image_id}' holds '{name}', which a SEG of the label "
+                                            f"contract cannot carry") from e
+            values = lut[values]
         try:
-            seg = label_to_seg(values, series, self.contract, automatic=True)
+            return label_to_seg(values, self.series(image_id), self.contract, automatic=True)
         except DicomSegError as e:
             raise client_error(422, f"result of '{image_id}': {e}") from e
+
+    def store_result(self, image_id: str, result_path: str, answer: dict) -> ArchiveCopy:
+        """The cascade's result as an AUTOMATIC SEG, with an SR of its lesions, in the archive."""
+        seg = self.result_seg(image_id, result_path, answer.get("label_names"))
         lesions = answer.get("lesions") or []
         sr = lesion_report(lesions, seg, self.contract)
         self._store_in_archive([seg, sr], f"result of '{image_id}'")

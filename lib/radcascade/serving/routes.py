@@ -25,6 +25,7 @@ and answered with a plain 500 (the connection stays open), never a stack trace.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -328,8 +329,9 @@ class ServedRoutes:
         if model not in self.instance._infers:
             raise client_error(404, f"unknown model '{model}' (this app serves: {', '.join(self.instance._infers)})")
         options = self._reserved(json_object(params, "params"), INFER_RESERVED, "params")
-        if output == ResultType.dicom_seg:
-            raise client_error(422, "output=dicom_seg is not offered by this app (use image, json or all)")
+        if output == ResultType.dicom_seg and not (image and hasattr(self._datastore(), "result_seg")):
+            raise client_error(422, "output=dicom_seg needs a study of a DICOMweb archive (--studies http://.../dicom-web); "
+                                    "use image, json or all")
         with request_folder() as folder:
             request = {**self.instance.info().get("config", {}).get("infer", {}), **options, "model": model}
             request.update(self._infer_source(folder, image, session_id, file))
@@ -340,7 +342,23 @@ class ServedRoutes:
                                                       subject="uploaded label").path)
             with self.instance.admission.admit():
                 result = self.instance.infer(request)
+            if output == ResultType.dicom_seg:
+                return self._seg_response(result or {}, image)
             return self._infer_response(result or {}, output)
+
+    def _seg_response(self, result: dict, image_id: str) -> Response:
+        """The result as a DICOM SEG of the study's series (MONAI Label's ``output=dicom_seg``)."""
+        path = result.get("file") or result.get("label")
+        if not (isinstance(path, str) and os.path.isfile(path)):
+            raise client_error(404, "the model returned no label image")
+        try:
+            seg = self._datastore().result_seg(image_id, path, (result.get("params") or {}).get("label_names"))
+        finally:
+            _remove(path)
+        buffer = io.BytesIO()
+        seg.save_as(buffer, write_like_original=False)
+        return Response(buffer.getvalue(), media_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{image_id}-seg.dcm"'})
 
     def _infer_source(self, folder: RequestFolder, image: str, session_id: str, file: UploadFile | None) -> dict:
         """Where the image comes from: a session, an uploaded file, or a datastore image id (never a path)."""
