@@ -25,15 +25,19 @@ Segments are kept as boolean masks in the image's array order (what ``sitk.GetAr
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
+# Files Slicer's ioManager loads as volumes by their extension (the ones this server writes)
+SLICER_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 HIDDEN_SEGMENTS = ("background", "foreground_scribbles", "background_scribbles")
 
 
@@ -68,8 +72,10 @@ class SlicerModule:
     info: dict = field(default_factory=dict)
     segments: dict[str, np.ndarray] = field(default_factory=dict)  # in segment order
     image_id: str | None = None
+    node_name: str | None = None  # the volume node's name in the scene
     image: sitk.Image | None = None
     auto_run: bool = False  # a fresh Slicer profile has the setting off
+    remote: bool = False  # Slicer on another machine: the server's "path" does not exist there
     log: list[str] = field(default_factory=list)
 
     # -- the module's logic class --------------------------------------------------------------
@@ -145,7 +151,19 @@ class SlicerModule:
         if not sample.get("id"):
             return sample
         self.image_id = sample["id"]
-        self.image = sitk.ReadImage(sample["path"])
+        image_name = sample.get("name", self.image_id)
+        if not self.remote and os.path.exists(sample.get("path") or ""):
+            self.image = sitk.ReadImage(sample["path"])
+        else:  # SampleDataLogic.downloadFromURL(fileNames=image_name, uris=/datastore/image?image=<id>)
+            if not image_name.lower().endswith(SLICER_VOLUME_SUFFIXES):
+                raise ModuleError(f"Slicer downloads the image as '{image_name}' and finds no reader for it")
+            response = requests.get(f"{self.url}/datastore/image", params={"image": self.image_id}, timeout=120)
+            if response.status_code != 200:
+                raise ModuleError(f"image download answered {response.status_code}")
+            path = self.tmpdir / image_name
+            path.write_bytes(response.content)
+            self.image = sitk.ReadImage(str(path))
+        self.node_name = sample.get("PatientID", sample.get("name", self.image_id))
         self.segments = {}
         datastore = self.client().datastore()
         original = datastore["objects"][self.image_id]["labels"].get("original")

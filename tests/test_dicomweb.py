@@ -273,11 +273,12 @@ def test_slicer_module_replayed_on_the_archive(archive_server, tmp_path):
     from slicer_replay import SlicerModule
 
     archive = archive_server["archive"]
-    module = SlicerModule(archive_server["url"], tmp_path)
+    module = SlicerModule(archive_server["url"], tmp_path, remote=True)  # Slicer on another machine
     module.fetch_info()
     assert module.info["models"]["cascade"]["config"]["store_in_archive"] is False  # a check box in Options
     sample = module.next_sample("random")
     assert sample["id"] in archive_server["ct"] and sample["shown_original"]
+    assert module.node_name == sample["id"]
     module.run_model("cascade")
     drawn = {name: mask.copy() for name, mask in module.segments.items()}
     segs_before = {r.series_uid for r in archive.series("SEG")}

@@ -154,10 +154,12 @@ def new_project(tmp_path):
 
 
 def test_slicer_session_on_a_new_project_without_validation(new_project, tmp_path):
-    module = SlicerModule(new_project.url, tmp_path, auto_run=True)
+    # Slicer on another machine (e.g. through an SSH tunnel): it downloads the image under the answer's name
+    module = SlicerModule(new_project.url, tmp_path, auto_run=True, remote=True)
     module.fetch_info()
     sample = module.next_sample(next(iter(module.info["strategies"])))
     assert sample["id"] and module.segments[ORGAN].any()  # auto-run: the cascade (answered from the stored copy)
+    assert sample["name"] == f"{sample['id']}.nii.gz" and module.node_name == sample["id"]
     for trainer in ("organ", "lesion"):
         views = module.train(trainer, edits={"max_epochs": "1", "val_split": "0"})
         assert all(1 <= v.percent <= 100 for v in views)

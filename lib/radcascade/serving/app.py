@@ -255,6 +255,11 @@ class RadCascadeApp(MONAILabelApp):
         if not res or not res.get("id"):
             return {}
         res["path"] = self.datastore().get_image_uri(res["id"])
+        # Slicer on another machine downloads the image and saves it as "name": its extension picks
+        # the reader (an id alone, e.g. a SeriesInstanceUID, loads nothing); the node is named
+        # after "PatientID", else "name", so it carries the study's id as on the server's own machine.
+        res["name"] = Path(res["path"]).name
+        res["PatientID"] = res["id"]
         self._precompute_original(res["id"])
         return res
 
