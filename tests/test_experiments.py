@@ -20,6 +20,9 @@ from radcascade.experiments import uncertainty_signal as us
 from radcascade.uncertainty import StudyUncertainty
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# A 1-epoch lesion model paints thousands of specks, and classifying each takes minutes on a CPU:
+# the tiny loops keep only lesions of 2 ml and more.
+FEW_LESIONS_ML = 2.0
 
 
 # -- common -------------------------------------------------------------------------------------------
@@ -229,8 +232,9 @@ def test_annotation_loop_reports_regenerate_from_recorded_json(name):
     assert al.markdown(name, record, rows) == (RESULTS / f"{name}.md").read_text()
 
 
-def test_a_tiny_annotation_loop_runs(tmp_path):
+def test_a_tiny_annotation_loop_runs(tmp_path, monkeypatch):
     """One seed, two starting studies, one round of one pick, one epoch each: every step of the loop."""
+    monkeypatch.setattr(al, "MIN_LESION_ML", FEW_LESIONS_ML)
     a = argparse.Namespace(seeds=[0], initial=2, pool=2, per_round=1, rounds=1, test=2, initial_epochs=1, epochs=1,
                            strategies=["first", "epistemic"], threads=1, lesion_free_pool=0.0, low_dose_pool=0.5,
                            low_dose_test=None, quick=False, name=None)
@@ -257,7 +261,8 @@ def test_signal_report_regenerates_from_recorded_json():
     assert us.markdown(record) == (RESULTS / "uncertainty_signal-lowdose-probe.md").read_text()
 
 
-def test_a_tiny_signal_run():
+def test_a_tiny_signal_run(monkeypatch):
+    monkeypatch.setattr(al, "MIN_LESION_ML", FEW_LESIONS_ML)
     a = argparse.Namespace(seeds=[0], initial=2, initial_epochs=1, pool=3, lesion_free_pool=0.34, low_dose_pool=0.34,
                            top=0.05, threads=1)
     per_seed = us.run(a)
