@@ -1,34 +1,5 @@
 """Does uncertainty-driven "Next sample" beat random? A simulated Slicer annotation loop, no server.
 
-Per seed: generated studies (a pool + a few labelled to start with) and a fixed held-out test set
-(other generator seeds, never trained on). Round 0 trains the organ and lesion UNets from scratch
-and the classifier (deep features) on the starting studies. Then, for every strategy, each round
-picks ``--per-round`` studies from the pool, "annotates" them with the generator's ground truth,
-retrains every stage for a fixed number of **epochs** (warm-started from the strategy's previous
-round, as the app does; epochs rather than minutes because the machine is shared; no validation
-hold-out, see :func:`train_round`) and evaluates the cascade on the test set.
-
-Pools: by default every study draws 0-5 lesions; ``--lesion-free-pool F`` makes a screening
-worklist (a share F of the pool without lesions); ``--low-dose-pool F`` puts studies of a low-dose
-protocol the starting studies never show into the pool (and, ``--low-dose-test``, the test set).
-``--merge`` writes one report from runs of the same settings on disjoint seeds (one process per core)
-or with other strategies on the same seeds (their round 0 must agree: checked).
-
-Strategies: ``random``, ``first`` (the next in name order, as MONAI Label's ``First``),
-``epistemic``, ``tta``, ``classifier``, ``combined`` -- the uncertainty ones score the pool with
-:class:`radcascade.uncertainty.CascadeUncertainty` and rank it with
-:func:`radcascade.active_learning.rank`, the code the server's strategies run; ``combined`` with
-a diversity penalty (0.5, the app's default until 2026-11-23), ``combined-nodiv`` without it (the
-app's default now).
-``epistemic-lesion`` / ``tta-lesion`` rank by the lesion stage's share of those scores only (the app
-with ``--conf al_lesion_weight 1``).
-
-Metrics on the test set: organ Dice (mean over studies), lesion Dice (pooled over the test set:
-many studies have no lesion), lesion detection recall (a true lesion is detected when a predicted
-lesion overlaps it with IoU >= 0.1, 26-connected components) and false positives per study, and
-the classifier's ROC AUC on the test set's *true* lesions (so it measures the classifier, not the
-detector).
-
     .venv/bin/python benchmarks/active_learning.py            # the recorded run (CPU, 1 thread, ~35 min)
     .venv/bin/python benchmarks/active_learning.py --quick    # a smoke run (~2 min)
 

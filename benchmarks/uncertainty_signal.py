@@ -1,25 +1,5 @@
 """Does a study's uncertainty point at what the models get wrong? Aggregations compared, no server.
 
-Active learning only beats random if the per-study score ranks the studies the models handle
-badly (or that hold what they have not learned: lesions) above the rest. This measures that
-directly, before any retraining loop: per seed, the loop's starting models are trained (as in
-``active_learning.py``), every pool study is scored and segmented, and each candidate score is
-compared with the truth:
-
-* ``auroc_lesion``: ROC AUC of the score for "the study holds a lesion" (the studies a screening
-  worklist should hand out first);
-* ``rho_lesion_err``: Spearman correlation with the study's lesion error, 1 - lesion Dice
-  (studies where both prediction and truth are empty count as 0 error);
-* ``rho_organ_err``: Spearman correlation with 1 - organ Dice;
-* ``auroc_low_dose`` (with ``--low-dose-pool``): ROC AUC for "the study comes from the low-dose
-  protocol the starting models never saw".
-
-Candidate scores: per stage (``organ``, ``lesion``) and kind (``mc`` = MC-dropout entropy, ``tta`` =
-test-time-augmentation spread), the voxel values inside the predicted organ aggregated as the
-``mean`` (what the app used until 2026-11-23) or the mean of the top ``--top``-fraction voxels
-(``peak``: a small lesion is <1% of an organ, a mean dilutes it); plus the stored ``epistemic``,
-``tta``, ``classifier`` and ``combined`` values the app ranks by.
-
     nice -n 10 .venv/bin/python benchmarks/uncertainty_signal.py --seeds 0 1 2 3 --initial 8
 
 Writes ``benchmarks/results/uncertainty_signal[-NAME].{json,md}``; ``--from-json FILE`` writes the
