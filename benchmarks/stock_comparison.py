@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from benchlib import RESULTS
-from radcascade.experiments.stock_comparison import build_parser, command_line, render_from_json, run, write_results
+from radcascade.experiments.stock_comparison import build_parser, command_line, run
+from radcascade.experiments.stock_report import render_from_json, write_results
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from radcascade.evaluation import lesion_detection
 from radcascade.experiments import annotation_loop as al
 from radcascade.experiments import common
 from radcascade.experiments import stock_comparison as sc
+from radcascade.experiments import stock_report
 from radcascade.experiments import uncertainty_signal as us
 from radcascade.uncertainty import StudyUncertainty
 
@@ -109,8 +110,8 @@ def test_stock_comparison_evaluates_summarises_and_reports(tmp_path):
     assert s["truth_lesions"] == 2 and s["lesion_recall"] == 0.5 and s["lesion_precision"] == 1.0
     assert s["organ_dice_mean"] == pytest.approx(2 * 40 * 40 * 19 / (40 * 40 * 19 + 40 * 40 * 20))
     assert res["ours"]["summary"]["ct"] == {}
-    assert "| ours | sample 40x40x20 @2x2x3mm (n=1) | 1.50 |" in sc.report(res)
-    assert "organ 0.500, total 1.200" in sc.stage_table(res)
+    assert "| ours | sample 40x40x20 @2x2x3mm (n=1) | 1.50 |" in stock_report.report(res)
+    assert "organ 0.500, total 1.200" in stock_report.stage_table(res)
     target = sc.targets(res)["sample"]
     assert target["latency_ratio"] == 0.05 and target["latency_met"] and target["lesion_dice_met"]
 
@@ -166,11 +167,11 @@ def test_stock_comparison_reports_regenerate_from_recorded_json(tmp_path, name):
     the regenerated report says so."""
     recorded = (RESULTS / f"{name}.md").read_text()
     res = json.loads((RESULTS / f"{name}.json").read_text())
-    assert sc.report(res) in recorded and sc.stage_table(res) in recorded
+    assert stock_report.report(res) in recorded and stock_report.stage_table(res) in recorded
     copy = tmp_path / f"{name}.json"
     shutil.copy(RESULTS / f"{name}.json", copy)
-    md = sc.render_from_json(copy).read_text()
-    assert sc.report(res) in md and "this run's own definition" in md and f"Plot: `{name}.png`" in md
+    md = stock_report.render_from_json(copy).read_text()
+    assert stock_report.report(res) in md and "this run's own definition" in md and f"Plot: `{name}.png`" in md
     assert sc.recorded_options(res).minutes == res["minutes"]
 
 

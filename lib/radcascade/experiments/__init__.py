@@ -4,7 +4,8 @@ and print.
 * :mod:`.common` -- volume sizes, our server with given weights, run records, ``mean ± std``, GPU sampling;
 * :mod:`.annotation_loop` -- the simulated annotation loop (``benchmarks/active_learning.py``);
 * :mod:`.uncertainty_signal` -- does a study's uncertainty point at what the models get wrong;
-* :mod:`.stock_comparison` -- the cascade against the stock MONAI Label radiology app.
+* :mod:`.stock_comparison` -- the cascade against the stock MONAI Label radiology app, and
+  :mod:`.stock_report`, its tables, plot and report.
 
 Each rebuilds its report from its recorded JSON (``--from-json`` on the scripts).
 """
