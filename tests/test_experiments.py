@@ -17,6 +17,7 @@ from radcascade.experiments import annotation_loop as al
 from radcascade.experiments import common
 from radcascade.experiments import stock_comparison as sc
 from radcascade.experiments import stock_report
+from radcascade.experiments import transfer as tr
 from radcascade.experiments import uncertainty_signal as us
 from radcascade.uncertainty import StudyUncertainty
 
@@ -271,3 +272,40 @@ def test_a_tiny_signal_run(monkeypatch):
     assert set(figures) == {*us.STORED, *(f"{s}-{k}-{g}" for s, k in us.STAGE_KINDS for g in ("mean", "peak"))}
     assert all(set(v) == {"auroc_lesion", "rho_lesion_err", "rho_organ_err", "auroc_low_dose"} for v in figures.values())
     assert "| organ-mc-peak |" in us.table(per_seed, low_dose=True)
+
+
+# -- transfer -------------------------------------------------------------------------------------------
+def test_transfer_pieces():
+    from radcascade.classifier import LesionSample
+    from radcascade.radiomics import feature_names, first_order_columns
+
+    names = feature_names()
+    column = first_order_columns(names)[0]  # the baseline looks at first-order features only
+    rng = np.random.default_rng(0)
+
+    def sample(study, label):
+        values = rng.normal(size=len(names))
+        values[column] = label * 10.0  # one feature separates the classes
+        return LesionSample(study, label, np.zeros((1, 3, 4, 4), np.float32), values)
+
+    samples = [sample(f"s{i}", i % 2) for i in range(8)] + [sample("s0", 0)]
+    subset = tr.subset_by_study(samples, 3, seed=1)
+    assert len({s.study for s in subset}) == 3 and subset == tr.subset_by_study(samples, 3, seed=1)
+    assert all(s in subset for s in samples if s.study == subset[0].study)  # a study's lesions stay together
+    auc, name = tr.one_feature_auc(samples[:6], samples[6:])
+    assert auc == 1.0 and name == names[column]
+
+
+def test_transfer_samples_carry_radiomics():
+    from radcascade.patches import PatchConfig
+
+    samples = tr.make_samples(5000, 1, PatchConfig(size=32, views=1), "pool", "default")
+    assert samples and all(s.study == "pool000" and s.radiomics is not None for s in samples)
+    assert samples[0].patches.shape == (1, 3, 32, 32)
+
+
+def test_transfer_report_regenerates_from_recorded_json(tmp_path):
+    for f in RESULTS.glob("transfer-*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    tr.report(tmp_path)
+    assert (tmp_path / "transfer.md").read_text() == (RESULTS / "transfer.md").read_text()
