@@ -58,3 +58,38 @@ def test_warm_model_loads_once_and_follows_republishing(tmp_path):
     path.write_bytes(b"garbage")
     assert warm.get() is second
     assert "corrupt" in warm.status()
+
+
+# -- one format for every model file ------------------------------------------------------------------
+def test_every_model_file_carries_the_format_version_and_its_kind(tmp_path):
+    path = publish_checkpoint(_ckpt(0), tmp_path / "organ.pt")
+    payload = torch.load(path, weights_only=True)
+    assert (payload["format"], payload["kind"]) == (checkpoints.FORMAT_VERSION, "unet")
+    with pytest.raises(CheckpointError, match="holds a unet model, not a classifier model"):
+        checkpoints.load_model_payload(path.read_bytes(), path, "classifier")
+
+
+def test_legacy_unet_files_still_load(tmp_path):
+    """Version 1 UNet files (integer format 1, no kind) are read as the UNets they are."""
+    legacy = {"format": 1, **_ckpt(0).to_body()}
+    path = tmp_path / "old.pt"
+    torch.save(legacy, path)
+    assert read_checkpoint(path).summary == {"trained_at": "seed0"}
+    torch.save({**legacy, "format": "1"}, path)  # same value, other type: not a model file
+    with pytest.raises(CheckpointError, match="not a radcascade model file"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["organ.pt", "lesion.pt", "classifier.pt"])
+def test_committed_model_files_load_through_the_one_reader(name):
+    from radcascade.classifier import load_classifier
+    from conftest import PRETRAINED
+
+    path = PRETRAINED / name
+    kind = checkpoints.model_file_kind(torch.load(path, map_location="cpu", weights_only=True))
+    assert kind == ("classifier" if name == "classifier.pt" else "unet")
+    if kind == "unet":
+        assert read_checkpoint(path).summary
+    else:
+        net, ckpt = load_classifier(path.read_bytes(), path, torch.device("cpu"))
+        assert ckpt.classes and not net.training

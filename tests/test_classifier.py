@@ -86,14 +86,14 @@ def test_deep_features_head_equals_the_sklearn_classifier():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from radcascade.classifier import _features
+    from radcascade.classifier import deep_features
 
     train, val = split_by_study(_toy_samples(), 0.25, seed=0)
     trained = train_classifier(train, val, 2, ClassifierConfig(mode="features"))
-    f_train = _features(trained.net, train, torch.device("cpu"))
+    f_train = deep_features(trained.net, train, torch.device("cpu"))
     scaler = StandardScaler().fit(f_train)
     ref = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000).fit(scaler.transform(f_train), [s.label for s in train])
-    f_val = _features(trained.net, val, torch.device("cpu"))
+    f_val = deep_features(trained.net, val, torch.device("cpu"))
     expected = ref.predict_proba(scaler.transform(f_val))
     got = trained.net.predict_proba(torch.stack([s.patches for s in val])).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4)

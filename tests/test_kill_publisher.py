@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from radcascade.checkpoints import (Checkpoint, WarmModel, publish_checkpoint, read_checkpoint,
-                                    remove_stale_model_temporaries)
+from radcascade.checkpoints import Checkpoint, WarmModel, publish_checkpoint, read_checkpoint
+from radcascade.files import TMP_DIR_NAME, remove_stale_temporaries
 from radcascade.networks import UNetSpec
 
 SPEC = UNetSpec(channels=(32, 64, 128, 256), strides=(2, 2, 2), num_res_units=2, dropout=0.0)
@@ -57,13 +57,13 @@ def test_sigkill_at_any_moment_keeps_a_whole_model(tmp_path):
         seen_versions.append(int(ckpt.summary["version"]))
         warm = WarmModel(model, device=torch.device("cpu"))
         assert warm.get() is not None and warm.problem is None
-        leftovers = list(tmp_path.glob(".*.tmp"))
+        leftovers = list((tmp_path / TMP_DIR_NAME).glob("*"))
         leftovers_seen += len(leftovers)
         assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["organ.pt"]
     assert all(v >= 1 for v in seen_versions)
     # Kills mid-write leave hidden temporaries; start-up clean-up removes them once stale.
     assert leftovers_seen >= 1, "no kill landed mid-write; make the model file bigger"
-    for f in tmp_path.glob(".*.tmp"):
+    for f in (tmp_path / TMP_DIR_NAME).glob("*"):
         os.utime(f, (time.time() - 7200, time.time() - 7200))
-    assert remove_stale_model_temporaries(tmp_path) >= 1
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert remove_stale_temporaries(tmp_path) >= 1
+    assert not list((tmp_path / TMP_DIR_NAME).glob("*"))

@@ -108,7 +108,7 @@ def test_label_geometry_must_match(tmp_path):
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_image(_image(np.zeros((3, 3, 3), np.int16)), tmp_path / "a.nii.gz")
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["a.nii.gz"]
-    assert not list((tmp_path / ".tmp").iterdir())
+    assert not (tmp_path / ".tmp").exists()
 
 
 # -- raw headers and streaming checks (issue 13) ------------------------------------------------------

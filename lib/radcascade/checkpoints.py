@@ -1,49 +1,89 @@
-"""Model files: atomic publishing, validated loading, and warm models that follow republishing.
+"""Model files: one format for every model, atomic publishing, validated loading, and warm models
+that follow republishing.
 
-A checkpoint is a ``torch.save`` of plain data (``weights_only`` loadable): the UNet spec, the
-state dict, the stage's spacing and the training summary.  Publishing writes a temporary file in
-the same folder, fsyncs it and renames it over the old one, so a reader (the server) sees either
-the old complete model or the new complete model, never a half-written one.
+Every model file (the organ and lesion UNets, every classifier including the radiomics ones) is a
+``torch.save`` of plain data (``weights_only`` loadable) written by :func:`save_model_file` and read
+by :func:`load_model_payload`: ``{"format": FORMAT_VERSION, "kind": "unet" | "classifier", ...}``
+plus the kind's own fields.  Files written before this scheme are read as legacy versions (see
+:data:`LEGACY_FORMATS`).  Publishing is atomic (:mod:`radcascade.files`): a reader (the server)
+sees either the old complete model or the new complete model, never a half-written one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
-import tempfile
-import time
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import torch
 
+from radcascade.files import atomic_write, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from radcascade.networks import UNetSpec
 
+__all__ = ["atomic_write", "remove_stale_temporaries", "write_json_atomic", "write_text_atomic"]  # re-exported
+
 logger = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MODEL_KINDS = ("unet", "classifier")
+# Formats of files written before version 2, read as the kind they always held: UNet files had the
+# integer format 1 and no kind; classifier files the string below.  Both are otherwise the same.
+LEGACY_FORMATS: dict[int | str, str] = {1: "unet", "radcascade-classifier-1": "classifier"}
 
 
 class CheckpointError(RuntimeError):
     """A model file exists but cannot be used (corrupt, truncated, wrong format)."""
 
 
+def save_model_file(kind: str, body: dict, path: str | os.PathLike) -> Path:
+    """Publish a model file of ``kind`` (fields ``body``) atomically, stamped with the format version."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind '{kind}' (one of {MODEL_KINDS})")
+    return atomic_torch_save({"format": FORMAT_VERSION, "kind": kind, **body}, path)
+
+
+def model_file_kind(payload: Any) -> str | None:
+    """The kind of model a loaded payload holds (current or legacy format), or None if it is none."""
+    if not isinstance(payload, dict):
+        return None
+    fmt = payload.get("format")
+    if type(fmt) is int and fmt == FORMAT_VERSION:
+        kind = payload.get("kind")
+        return kind if kind in MODEL_KINDS else None
+    return next((k for f, k in LEGACY_FORMATS.items() if type(fmt) is type(f) and fmt == f), None)
+
+
+def load_model_payload(data: bytes, path: str | os.PathLike, kind: str) -> dict:
+    """The fields of a model file of ``kind`` (``path`` only names it in messages).
+
+    Raises :class:`CheckpointError` for corrupt bytes, another format or another kind of model."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickle errors
+        raise CheckpointError(f"model file {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})") from None
+    found = model_file_kind(payload)
+    if found is None:
+        raise CheckpointError(f"model file {path} is not a radcascade model file (format {FORMAT_VERSION})")
+    if found != kind:
+        raise CheckpointError(f"model file {path} holds a {found} model, not a {kind} model")
+    return payload
+
+
 @dataclass
 class Checkpoint:
-    """What a model file holds."""
+    """What a UNet stage's model file holds."""
 
     spec: UNetSpec
     state_dict: dict
     spacing: tuple[float, float, float]
     summary: dict = field(default_factory=dict)
 
-    def to_payload(self) -> dict:
+    def to_body(self) -> dict:
         return {
-            "format": FORMAT_VERSION,
             "spec": self.spec.to_dict(),
             "state_dict": self.state_dict,
             "spacing": list(self.spacing),
@@ -53,62 +93,12 @@ class Checkpoint:
 
 def publish_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temporary file + fsync + rename)."""
-    return atomic_torch_save(ckpt.to_payload(), path)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write`` on a temporary file in ``path``'s folder, fsync, then rename it over ``path``.
-
-    Readers see the old file or the whole new one, never half of it; on any error the temporary
-    file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_model_file("unet", ckpt.to_body(), path)
 
 
 def atomic_torch_save(payload: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text to ``path`` atomically."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def remove_stale_model_temporaries(model_dir: str | os.PathLike, older_than_s: float = 3600) -> int:
-    """Delete ``.<name>.*.tmp`` files that a killed publisher left in ``model_dir``.
-
-    They are never loaded (the published name only ever points at a whole file), but each is a
-    full model's worth of disk.  Only old ones go: a training run may be publishing right now.
-    """
-    removed = 0
-    now = time.time()
-    for f in Path(model_dir).glob(".*.tmp"):
-        try:
-            if f.is_file() and now - f.stat().st_mtime > older_than_s:
-                f.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (readers never see half a file)."""
-    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -118,13 +108,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def parse_checkpoint(data: bytes, path: Path) -> Checkpoint:
-    """Validate the bytes of a model file (``path`` only names it in messages)."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, pickle errors
-        raise CheckpointError(f"model file {path} is corrupt or truncated ({type(e).__name__}: {str(e)[:120]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"model file {path} is not a radcascade checkpoint (format {FORMAT_VERSION})")
+    """Validate the bytes of a UNet model file (``path`` only names it in messages)."""
+    payload = load_model_payload(data, path, "unet")
     try:
         ckpt = Checkpoint(
             spec=UNetSpec.from_dict(payload["spec"]),

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from radcascade.checkpoints import write_json_atomic
+from radcascade.files import write_json_atomic
 from radcascade.classifier import (
     CLASSICAL,
     MODES,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from radcascade.files import write_text_atomic
 from radcascade.labels import ORGAN_VALUE, LabelContract
 
 DEFAULT_SHAPE = (128, 128, 48)  # voxels, (x, y, z)
@@ -352,12 +352,10 @@ def generate_datastore(
             ],
         }
         studies.append(study)
-    tmp = out / ".truth.json.tmp"
     head = {"seed": seed, "shape": list(shape), "spacing": list(spacing)}
     if family != "default":  # the default family's manifest stays byte-identical
         head["family"] = family
-    tmp.write_text(json.dumps({**head, "studies": manifest}, indent=1))
-    os.replace(tmp, out / "truth.json")
+    write_text_atomic(out / "truth.json", json.dumps({**head, "studies": manifest}, indent=1))
     return studies
 
 

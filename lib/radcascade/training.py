@@ -37,9 +37,9 @@ from radcascade.checkpoints import (
     FixedModel,
     publish_checkpoint,
     read_checkpoint,
-    write_json_atomic,
 )
 from radcascade.distributed import BatchDiceCELoss, Distributed, init_from_env, shutdown
+from radcascade.files import write_json_atomic
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec

@@ -8,8 +8,6 @@ can be written back exactly onto the image the user sent.
 from __future__ import annotations
 
 import os
-import tempfile
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from radcascade.files import atomic_write_path
 from radcascade.volume_headers import (  # noqa: F401 (InvalidVolumeError is re-exported)
     UNREADABLE,
     InvalidVolumeError,
@@ -283,41 +282,7 @@ def _header_of_size(header: sitk.Image, shape) -> sitk.Image:
     return ref
 
 
-TMP_DIR_NAME = ".tmp"  # inside the destination folder: same filesystem, never matched as an image
-
-
 def atomic_write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` via a temporary file and a rename.
-
-    The temporary file keeps the image's extension (ITK chooses the writer by it) but lives in a
-    hidden ``.tmp`` folder beside the destination, so a crash never leaves a half-written file
-    that a datastore scan would take for an image or a label.
-    """
-    path = Path(path)
-    tmp_dir = path.parent / TMP_DIR_NAME
-    if path.parent.resolve() == Path(tempfile.gettempdir()).resolve():
-        tmp_dir = path.parent  # a result file: nothing scans the temp folder, and no folder may outlive the request
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix="write-", suffix=suffix, dir=tmp_dir)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 3600) -> int:
-    """Delete leftovers of interrupted writes (only old ones: another process may be writing now)."""
-    removed = 0
-    now = time.time()
-    for tmp_dir in Path(folder).rglob(TMP_DIR_NAME):
-        for f in tmp_dir.iterdir():
-            if f.is_file() and now - f.stat().st_mtime > older_than_s:
-                f.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    """Write ``image`` to ``path`` atomically (:mod:`radcascade.files`: the temporary keeps the
+    extension ITK chooses its writer by, in a hidden ``.tmp`` folder no datastore scan matches)."""
+    return atomic_write_path(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=compress))

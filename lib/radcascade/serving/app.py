@@ -48,7 +48,7 @@ from monailabel.tasks.activelearning.first import First
 
 from radcascade.active_learning import DEFAULT_DIVERSITY, Diversity
 from radcascade.cascade import Cascade
-from radcascade.checkpoints import atomic_write, remove_stale_model_temporaries
+from radcascade.files import atomic_write, remove_stale_temporaries
 from radcascade.labels import LabelContract
 from radcascade.serving.admission import Admission, AdmissionPolicy
 from radcascade.serving.archive import DEFAULT_SYNC_INTERVAL_S, ArchiveDatastore
@@ -124,7 +124,7 @@ class RadCascadeApp(MONAILabelApp):
         self.stock_routes = parse_stock_groups(conf.get("stock_routes"))
         self.model_dir = Path(conf.get("model_dir") or Path(app_dir) / "model")
         install_pretrained(self.model_dir, Path(app_dir) / "pretrained")
-        if removed := remove_stale_model_temporaries(self.model_dir):
+        if removed := remove_stale_temporaries(self.model_dir):
             logger.info("removed %d half-written model files left by a killed training run", removed)
         device = torch.device(conf["device"]) if conf.get("device") else default_device()
         amp = parse_bool(conf.get("amp", "true"), "amp")

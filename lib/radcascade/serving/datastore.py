@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +32,15 @@ import SimpleITK as sitk
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
+from radcascade.files import atomic_write_path, remove_stale_temporaries, write_text_atomic
 from radcascade.labels import LabelContract
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.volumes import (
     DEFAULT_MAX_VOXELS,
-    TMP_DIR_NAME,
     atomic_write_image,
     read_geometry,
     read_image,
     read_label,
-    remove_stale_temporaries,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,17 +97,7 @@ class ValidatingDatastore(LocalDatastore):
         def write():
             self._ignore_event_config = True
             payload = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            fd, tmp = tempfile.mkstemp(prefix=".datastore-", suffix=".tmp", dir=self._datastore_path)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(payload)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, self._datastore_config_path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_text_atomic(self._datastore_config_path, payload)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:
@@ -166,16 +154,7 @@ class ValidatingDatastore(LocalDatastore):
                 raise client_error(409, f"image '{image_id}' already exists and has labels; remove it first")
             if existing is not None:
                 self._set_aside(Path(self.get_image_uri(image_id)), self.image_history_dir / image_id)
-            (dest.parent / TMP_DIR_NAME).mkdir(exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=dest.parent / TMP_DIR_NAME)
-            os.close(fd)
-            try:
-                shutil.copyfile(image_filename, tmp)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_path(dest, lambda tmp: shutil.copyfile(image_filename, tmp))
             info = dict(image_info or {})
             info.update({"ts": int(time.time()), "name": name})
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))

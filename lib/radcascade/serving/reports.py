@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from radcascade.serving.datastore import check_id
 from radcascade.serving.errors import client_error
 from radcascade.serving.routes import ErrorDetail
-from radcascade.checkpoints import write_text_atomic
+from radcascade.files import write_text_atomic
 
 REPORT_FORMATS = ("csv", "json")
 
