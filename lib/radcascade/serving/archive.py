@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from radcascade.checkpoints import write_text_atomic
+from radcascade.files import TMP_DIR_NAME, TMP_PREFIX, write_text_atomic
 from radcascade.dicom_seg import DicomSegError, is_training_label, label_to_seg, referenced_series, seg_to_label
 from radcascade.dicom_series import DicomSeriesError, SeriesVolume, series_to_volume
 from radcascade.dicom_sr import lesion_report
@@ -122,17 +121,18 @@ class ArchiveDatastore(ValidatingDatastore):
             return
         write_text_atomic(self._headers_path(ref.series_uid),
                           json.dumps([h.to_json_dict() for h in series.headers]))
-        tmp_dir = Path(tempfile.mkdtemp(prefix="series-", dir=self.cache_dir / ".radcascade"))
+        # converted in the cache's temporaries folder (swept at start-up if a kill leaves it), then
+        # taken in by the validating add_image, which checks and copies it atomically
+        tmp_dir = self.cache_dir / ".radcascade" / TMP_DIR_NAME
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"{TMP_PREFIX}series-{os.getpid()}-{ref.series_uid}.nii.gz"
         try:
-            tmp = tmp_dir / f"{ref.series_uid}.nii.gz"
             sitk.WriteImage(series.image, str(tmp), useCompression=True)
             super().add_image(ref.series_uid, str(tmp), {
                 "source": "dicomweb", "study_uid": series.study_uid, "series_uid": series.series_uid,
                 "description": ref.description})
         finally:
-            for f in tmp_dir.iterdir():
-                f.unlink()
-            tmp_dir.rmdir()
+            tmp.unlink(missing_ok=True)
         logger.info("cached series %s (%d slices)", ref.series_uid, len(series.instance_uids))
 
     def _headers_path(self, series_uid: str) -> Path:
