@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from radcascade.distributed import Distributed, init_from_env, shutdown
 from radcascade.files import write_json_atomic
 from radcascade.classifier import (
     CLASSICAL,
@@ -91,9 +92,12 @@ def train_classifier_from_cases(
     progress: Callable[[str], None] | None = None,
 ) -> ClassifierTrainResult:
     t0 = time.time()
+    dist = Distributed.current()  # inside a torch.distributed run: fine-tuning under DDP, rank 0 publishes
     stats_path = stats_path or model_path.with_suffix(".stats.json")
-    progress = progress or logger.info
-    write_json_atomic(stats_path, {"status": "RUNNING", "start_ts": int(t0), "mode": cfg.mode})
+    progress = (progress or logger.info) if dist.main else (lambda message: None)
+    if dist.main:
+        write_json_atomic(stats_path, {"status": "RUNNING", "start_ts": int(t0), "mode": cfg.mode,
+                                       "world_size": dist.world_size})
     samples = samples_from_cases(cases, contract, patch, cfg.radiomics if cfg.needs_radiomics else None)
     classes = sorted({s.label for s in samples})
     if len(classes) < 2:
@@ -101,9 +105,11 @@ def train_classifier_from_cases(
                          f"{[contract.lesion_classes[c] for c in classes]}")
     train, val = split_by_study(samples, cfg.val_fraction, cfg.seed)
     progress(f"[classifier] {len(train)} training / {len(val)} validation lesions, mode {cfg.mode}")
-    trained = train_classifier(train, val, contract.num_lesion_classes, cfg, device, progress)
-    publish_classifier(trained, contract.lesion_classes, patch, model_path,
-                       {"train_lesions": len(train), "val_lesions": len(val)})
+    trained = train_classifier(train, val, contract.num_lesion_classes, cfg, device or dist.device(), progress)
+    dist.barrier()  # every rank finished: a rank lost before this point publishes nothing
+    if dist.main:
+        publish_classifier(trained, contract.lesion_classes, patch, model_path,
+                           {"train_lesions": len(train), "val_lesions": len(val), "world_size": dist.world_size})
     counts = np.bincount([s.label for s in samples], minlength=contract.num_lesion_classes)
     result = ClassifierTrainResult(
         "DONE", trained.report.mode, trained.report.family, trained.report.chosen, trained.report.depth,
@@ -114,7 +120,8 @@ def train_classifier_from_cases(
         time.time() - t0, int(t0), True, str(model_path),
         {k: v.to_json() for k, v in trained.report.candidates.items()},
     )
-    write_json_atomic(stats_path, result.to_json())
+    if dist.main:
+        write_json_atomic(stats_path, {**result.to_json(), "world_size": dist.world_size})
     chosen = f" ({result.chosen})" if result.chosen else ""
     progress(f"[classifier] published {model_path}: mode {result.mode}{chosen}, depth {result.depth}, val AUC {result.val_auc}")
     return result
@@ -141,8 +148,19 @@ def main(argv: list[str] | None = None) -> None:
         studies = Path(tempfile.mkdtemp(prefix="radcascade-clf-"))
         generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="clf", family=a.family)
     cfg = ClassifierConfig(mode=a.mode, classical=a.classical, depth=a.depth, epochs=a.epochs, backbone=a.backbone)
-    train_classifier_from_cases(cases_from_folder(studies), LabelContract(), cfg, PatchConfig(), a.out,
-                                progress=lambda m: print(m, flush=True))
+    dist = init_from_env()  # under torchrun: one rank of a distributed run
+    try:
+        train_classifier_from_cases(cases_from_folder(studies), LabelContract(), cfg, PatchConfig(), a.out,
+                                    progress=lambda m: print(m, flush=True))
+    finally:
+        if dist.active:
+            shutdown()
+
+
+def classifier_on_rank(ctx: Distributed, cases: Sequence[TrainingCase], contract: LabelContract, cfg: ClassifierConfig,
+                       patch: PatchConfig, model_path: Path, stats_path: Path | None) -> None:
+    """One rank of a distributed classifier run (see :func:`radcascade.distributed.spawn`)."""
+    train_classifier_from_cases(cases, contract, cfg, patch, model_path, stats_path)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ class ClassifierConfig:
     classical: str = "logreg"
     epochs: int = 30
     batch_size: int = 32
+    dropout: float = 0.2  # before the linear head, while training
     learning_rate: float = 1e-3
     layer_lr_decay: float = 0.5  # each block lower than the one above gets this factor
     weight_decay: float = 1e-4

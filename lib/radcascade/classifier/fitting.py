@@ -18,6 +18,7 @@ from radcascade.backbones import Backbone
 from radcascade.classifier.config import ClassifierConfig
 from radcascade.classifier.nets import LesionClassifierNet, RadiomicsNet
 from radcascade.classifier.samples import LesionSample, radiomics_matrix, stack_patches
+from radcascade.distributed import Distributed
 from radcascade.evaluation import classification_metrics
 from radcascade.model_selection import CandidateScore
 
@@ -94,30 +95,50 @@ def schedule_for(cfg: ClassifierConfig, scratch: bool = False) -> Schedule:
 def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: int, cfg: ClassifierConfig,
                   device: torch.device, progress: Callable[[str], None] | None = None,
                   schedule: Schedule | None = None) -> tuple[LesionClassifierNet, FitReport]:
-    """Train the head and the top ``depth`` blocks; keep the epoch with the best validation AUC."""
+    """Train the head and the top ``depth`` blocks; keep the epoch with the best validation AUC.
+
+    In a ``torch.distributed`` run (:mod:`radcascade.distributed`) every rank holds all lesions and
+    draws the same shuffled, augmented global batch of ``batch_size x world_size`` views; each rank
+    trains on its slice under DistributedDataParallel, with the class-weighted loss normalised by
+    the global batch's weight, so the step is that of one process on the global batch (the last,
+    incomplete global batch is dropped).  Batch-norm layers that train (``depth`` > 0) see their
+    rank's slice: synchronised on CUDA (SyncBatchNorm), per rank on the CPU.  Every rank validates
+    on all validation lesions, so all take the same best-epoch decision.
+    """
     t0 = time.time()
+    dist = Distributed.current()
+    world, rank = dist.world_size, dist.rank
     sched = schedule or schedule_for(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     net = net.to(device)
     net.set_trainable_depth(depth)
     opt = torch.optim.AdamW(net.param_groups(depth, sched.learning_rate, sched.layer_lr_decay), weight_decay=cfg.weight_decay)
+    model = _data_parallel(net, device) if dist.active else net
     x, y = stack_patches(train)
     views = x.shape[1]
     x = x.reshape(-1, *x.shape[2:])  # every view is a training image
     y = y.repeat_interleave(views)
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y.tolist(), n_classes).to(device))
+    weights = _class_weights(y.tolist(), n_classes)
+    per_rank = cfg.batch_size
+    per_global = per_rank * world
     best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
-    epochs = 0
+    epochs, loss = 0, torch.tensor(0.0)
     for epoch in range(1, sched.epochs + 1):
         net.train()
         order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+        n_batches = len(order) // per_global if world > 1 else math.ceil(len(order) / per_global)
+        for b in range(n_batches):
+            idx = order[b * per_global:(b + 1) * per_global]
             if len(idx) < 2:
                 continue
-            xb = _augment(x[idx], gen).to(device)
-            loss = loss_fn(net(xb), y[idx].to(device))
+            xb = _augment(x[idx], gen)  # the whole global batch: the same draws as one process
+            yb = y[idx]
+            mine = slice(rank * per_rank, (rank + 1) * per_rank) if world > 1 else slice(None)
+            per_view = F.cross_entropy(model(xb[mine].to(device)), yb[mine].to(device), reduction="none")
+            w = weights.to(device)
+            # weighted mean over the global batch; x world: DDP averages the ranks' gradients
+            loss = (w[yb[mine].to(device)] * per_view).sum() / w[yb.to(device)].sum() * world
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,8 +150,8 @@ def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: i
             best_state = copy.deepcopy(net.state_dict())
         else:
             stale += 1
-        if progress:
-            progress(f"[classifier depth {depth}] epoch {epoch}: loss {float(loss):.3f} val AUC {auc}")
+        if progress and dist.main:
+            progress(f"[classifier depth {depth}] epoch {epoch}: loss {float(loss) / world:.3f} val AUC {auc}")
         if val and stale >= sched.patience:
             break
     if best_state is not None and val:
@@ -138,6 +159,16 @@ def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: i
     auc, acc = evaluate_samples(net, val, n_classes, device)
     report = FitReport("finetune", depth, auc, acc, best_epoch or epochs, time.time() - t0, len(train), len(val))
     return net, report
+
+
+def _data_parallel(net: LesionClassifierNet, device: torch.device) -> nn.Module:
+    """``net`` under DistributedDataParallel (its batch norms synchronised across GPUs)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        net.features = nn.SyncBatchNorm.convert_sync_batchnorm(net.features)
+        return DistributedDataParallel(net, device_ids=[device])
+    return DistributedDataParallel(net)
 
 
 def deep_features(net: LesionClassifierNet, samples, device, batch: int = 128) -> np.ndarray:

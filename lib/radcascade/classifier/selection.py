@@ -42,14 +42,14 @@ def _fit_family(family: str, depth: int | None, train: Sequence[LesionSample], v
     elif family == "radiomics+features":
         net, report = fit_radiomics(train, val, n_classes, cfg, device, backbone(cfg.weights))
     elif family == "features":
-        net, report = fit_deep_features(LesionClassifierNet(backbone(cfg.weights), n_classes), train, val, n_classes, cfg, device)
+        net, report = fit_deep_features(LesionClassifierNet(backbone(cfg.weights), n_classes, cfg.dropout), train, val, n_classes, cfg, device)
     elif family == "scratch":
-        net = LesionClassifierNet(backbone(None), n_classes)
+        net = LesionClassifierNet(backbone(None), n_classes, cfg.dropout)
         net, report = train_network(net, net.n_blocks, train, val, n_classes, cfg, device, progress,
                                     schedule_for(cfg, scratch=True))
         report.mode = report.family = "scratch"
     elif family == "finetune":
-        net = LesionClassifierNet(backbone(cfg.weights), n_classes)
+        net = LesionClassifierNet(backbone(cfg.weights), n_classes, cfg.dropout)
         net, report = train_network(net, net.n_blocks if depth is None else depth, train, val, n_classes, cfg,
                                     device, progress)
     else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Mapping
 
+import torch
+
 from radcascade.backbones import BACKBONES
 from radcascade.classifier import CLASSICAL, MODES
 from radcascade.serving.errors import client_error
@@ -79,6 +81,18 @@ class TaskOptions:
         return options_with_choices(asdict(self), {k: list(v) for k, v in self.choices.items()})
 
 
+def check_processes(cpu_processes: int) -> None:
+    if not 1 <= cpu_processes <= 64:
+        raise client_error(422, f"option 'cpu_processes': {cpu_processes} is outside 1..64")
+
+
+def training_processes(multi_gpu: bool, cpu_processes: int) -> int:
+    """How many processes a run with these options trains on: one per GPU, else ``cpu_processes``."""
+    if not multi_gpu:
+        return 1
+    return torch.cuda.device_count() if torch.cuda.is_available() else cpu_processes
+
+
 @dataclass(frozen=True)
 class StageTrainOptions(TaskOptions):
     """``organ`` / ``lesion`` training (``max_minutes`` 0 = the server's hard limit)."""
@@ -95,8 +109,7 @@ class StageTrainOptions(TaskOptions):
 
     def check(self) -> None:
         super().check()
-        if not 1 <= self.cpu_processes <= 64:
-            raise client_error(422, f"option 'cpu_processes': {self.cpu_processes} is outside 1..64")
+        check_processes(self.cpu_processes)
         if not 1 <= self.max_epochs <= MAX_EPOCHS:
             raise client_error(422, f"option 'max_epochs': {self.max_epochs} is outside 1..{MAX_EPOCHS}")
         if not 0 <= self.val_split < 1:
@@ -120,6 +133,8 @@ class ClassifierTrainOptions(TaskOptions):
     learning_rate: float = 1e-3
     val_split: float = 0.25
     seed: int = 0
+    multi_gpu: bool = False  # fine-tuning on one process per GPU (torch DDP); CPU-only: cpu_processes (gloo)
+    cpu_processes: int = 2
 
     @property
     def depth_blocks(self) -> int | None:
@@ -130,6 +145,7 @@ class ClassifierTrainOptions(TaskOptions):
 
     def check(self) -> None:
         super().check()
+        check_processes(self.cpu_processes)
         if self.depth_blocks is not None and self.depth_blocks < 0:
             raise client_error(422, f"option 'depth': {self.depth} (a number of blocks, or 'all')")
         if not 1 <= self.max_epochs <= MAX_EPOCHS or not 0 <= self.val_split < 1:

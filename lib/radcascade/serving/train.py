@@ -8,17 +8,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict
 
-import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from radcascade.classifier import ClassifierConfig
 from radcascade.distributed import spawn
-from radcascade.classifier_training import train_classifier_from_cases
+from radcascade.classifier_training import classifier_on_rank, train_classifier_from_cases
 from radcascade.labels import LabelContract
 from radcascade.patches import PatchConfig
 from radcascade.serving.errors import as_http_errors
-from radcascade.serving.options import ClassifierTrainOptions, StageTrainOptions, TaskOptions
+from radcascade.serving.options import ClassifierTrainOptions, StageTrainOptions, TaskOptions, training_processes
 from radcascade.serving.slicer_view import TrainerState
 from radcascade.tracking import tracker_for
 from radcascade.training import TrainConfig, Trainer, TrainingCase, train_on_rank
@@ -119,14 +118,22 @@ class ClassifierTrainTask(_DatastoreTrainTask):
         )
         tracker = tracker_for(self.tracking_uri)
         tracker.start("classifier", asdict(opts))
+        cases = self.cases(datastore)
+        world = training_processes(opts.multi_gpu, opts.cpu_processes)
+        logger.info("training the classifier on %d labelled studies (%d process%s)", len(cases), world,
+                    "es" if world > 1 else "")
         try:
             with as_http_errors():
-                result = train_classifier_from_cases(self.cases(datastore), self.contract, cfg, self.patch,
-                                                     self.model_path, self.stats_path)
+                if world > 1:
+                    spawn(world, classifier_on_rank, cases, self.contract, cfg, self.patch, self.model_path,
+                          self.stats_path)
+                    out = self.stats()
+                else:
+                    out = train_classifier_from_cases(cases, self.contract, cfg, self.patch, self.model_path,
+                                                      self.stats_path).to_json()
         except BaseException:
             tracker.finish("FAILED", {}, None)
             raise
-        out = result.to_json()
         tracker.finish(out.get("status", "DONE"), {k: out.get(k) for k in ("best_metric", "val_auc", "val_accuracy")
                                                   if isinstance(out.get(k), (int, float))}, self.model_path)
         return out
@@ -154,7 +161,7 @@ class StageTrainTask(_DatastoreTrainTask):
             seed=opts.seed,
         )
         cases = self.cases(datastore)
-        world = (torch.cuda.device_count() if torch.cuda.is_available() else opts.cpu_processes) if opts.multi_gpu else 1
+        world = training_processes(opts.multi_gpu, opts.cpu_processes)
         logger.info("training %s on %d labelled studies (%d process%s)", self.stage, len(cases), world,
                     "es" if world > 1 else "")
         if world > 1:
