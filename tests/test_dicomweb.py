@@ -53,29 +53,31 @@ def archive_server(tmp_path_factory):
     _orthanc_or_skip()
     root = tmp_path_factory.mktemp("dicomweb")
     orthanc = OrthancServer(root / "orthanc", localserver.free_port(), localserver.free_port()).start()
-    archive = DicomWebArchive(orthanc.dicomweb_url)
-    studies = make_studies(root / "studies", labelled=3, unlabelled=2, seed=11)
-    uids = upload_studies(archive, studies.folder, CONTRACT)
-    # an MR series (never served) and a CT series with one corrupt instance (refused with its reason)
-    image = sitk.ReadImage(str(next(studies.folder.glob("*.nii.gz"))))
-    mr = volume_to_series(image, Patient("MR1", "Other^MR", generate_uid()), series_description="MR")
-    for ds in mr:
-        ds.Modality = "MR"
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-    corrupt = volume_to_series(image, Patient("BAD1", "Corrupt^CT", generate_uid()), series_description="corrupt")
-    corrupt[3].PixelData = corrupt[3].PixelData[:100]
-    archive.store(mr + corrupt)
-    model_dir = root / "model"
-    model_dir.mkdir()
-    copy_weights(model_dir)
-    conf = {"model_dir": str(model_dir), "max_epochs": "1", "tracking_uri": "off",
-            "dicomweb_cache": str(root / "cache"), "dicomweb_sync_s": "0"}
-    server = localserver.start_server(orthanc.dicomweb_url, root / "server.log", conf)
+    server = None
     try:
+        archive = DicomWebArchive(orthanc.dicomweb_url)
+        studies = make_studies(root / "studies", labelled=3, unlabelled=2, seed=11)
+        uids = upload_studies(archive, studies.folder, CONTRACT)
+        # an MR series (never served) and a CT series with one corrupt instance (refused with its reason)
+        image = sitk.ReadImage(str(next(studies.folder.glob("*.nii.gz"))))
+        mr = volume_to_series(image, Patient("MR1", "Other^MR", generate_uid()), series_description="MR")
+        for ds in mr:
+            ds.Modality = "MR"
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        corrupt = volume_to_series(image, Patient("BAD1", "Corrupt^CT", generate_uid()), series_description="corrupt")
+        corrupt[3].PixelData = corrupt[3].PixelData[:100]
+        archive.store(mr + corrupt)
+        model_dir = root / "model"
+        model_dir.mkdir()
+        copy_weights(model_dir)
+        conf = {"model_dir": str(model_dir), "max_epochs": "1", "tracking_uri": "off",
+                "dicomweb_cache": str(root / "cache"), "dicomweb_sync_s": "0"}
+        server = localserver.start_server(orthanc.dicomweb_url, root / "server.log", conf)
         yield {"url": server.url, "archive": archive, "studies": studies, "ct": uids,
                "mr": mr[0].SeriesInstanceUID, "corrupt": corrupt[0].SeriesInstanceUID, "tmp": root}
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         orthanc.stop()
 
 

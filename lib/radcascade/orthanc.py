@@ -140,6 +140,10 @@ def upload_studies(archive: DicomWebArchive, studies: Path, contract: LabelContr
     return uids
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Start a local Orthanc (DICOMweb) and put studies into it.")
     parser.add_argument("--storage", type=Path, default=Path(".orthanc"), help="Orthanc's database folder (kept)")
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     server = OrthancServer(args.storage, args.port).start()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops Orthanc too, as Ctrl-C does
     try:
         archive = DicomWebArchive(server.dicomweb_url)
         if args.upload:
