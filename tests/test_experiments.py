@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from radcascade.evaluation import lesion_detection
+from radcascade.evaluation import binary_auroc, lesion_detection
 from radcascade.experiments import annotation_loop as al
 from radcascade.experiments import common
 from radcascade.experiments import stock_comparison as sc
@@ -253,8 +253,8 @@ def test_a_tiny_annotation_loop_runs(tmp_path, monkeypatch):
 
 # -- uncertainty signal ---------------------------------------------------------------------------------
 def test_signal_statistics():
-    assert us.auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
-    assert us.auroc([0.5, 0.5], [True, False]) == 0.5 and us.auroc([1.0], [True]) is None
+    assert binary_auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert binary_auroc([0.5, 0.5], [True, False]) == 0.5 and binary_auroc([1.0], [True]) is None
     assert us.spearman([1, 2, 3], [2, 4, 9]) == pytest.approx(1.0) and us.spearman([1, 1], [1, 2]) is None
 
 
@@ -309,3 +309,26 @@ def test_transfer_report_regenerates_from_recorded_json(tmp_path):
         shutil.copy(f, tmp_path / f.name)
     tr.report(tmp_path)
     assert (tmp_path / "transfer.md").read_text() == (RESULTS / "transfer.md").read_text()
+
+
+def test_auroc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(40), 1)  # ties included
+    positive = rng.random(40) > 0.5
+    assert binary_auroc(scores, positive) == pytest.approx(roc_auc_score(positive, scores))
+
+
+def test_training_scaling_measures_each_process_count_and_rerenders(tmp_path):
+    from radcascade.experiments import training_scaling as ts
+    from radcascade.networks import TINY_UNET
+
+    rows = ts.measure([1, 2], studies=2, epochs=1, global_batch=2, work=tmp_path, spec=TINY_UNET)
+    assert [r.processes for r in rows] == [1, 2] and all(r.seconds > 0 and r.patches_per_s > 0 for r in rows)
+    text = ts.write(rows, {"command": "x"}, tmp_path / "out" / "scaling")
+    assert "| 2 |" in text
+    again, meta = ts.load(tmp_path / "out" / "scaling.json")
+    assert again == rows and ts.render(again, meta) == text
+    with pytest.raises(ValueError, match="does not split"):
+        ts.measure([3], studies=1, epochs=1, global_batch=2, work=tmp_path / "w")

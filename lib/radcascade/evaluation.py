@@ -14,6 +14,19 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(p, t).sum() / total)
 
 
+def binary_auroc(scores, positive) -> float | None:
+    """ROC AUC of ``scores`` for the ``positive`` flags (the Mann-Whitney probability that a positive
+    scores above a negative, ties counting half); None when either group is empty."""
+    s = np.asarray(scores, dtype=float)
+    p = np.asarray(positive, dtype=bool)
+    pos, neg = s[p], s[~p]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
 @dataclass
 class ClassificationMetrics:
     n: int

@@ -34,7 +34,7 @@ import torch
 from scipy import stats
 
 from radcascade.active_learning import score_value
-from radcascade.evaluation import dice
+from radcascade.evaluation import binary_auroc, dice
 from radcascade.experiments.annotation_loop import (case, cascade_of, low_dose_indices, make_studies,
                                                     screening_indices, train_round)
 from radcascade.experiments.common import mean_std
@@ -69,15 +69,6 @@ def candidate_scores(scorer: CascadeUncertainty, volume, top: float) -> dict[str
     return out
 
 
-def auroc(scores: list[float], positive: list[bool]) -> float | None:
-    pos = [s for s, p in zip(scores, positive) if p]
-    neg = [s for s, p in zip(scores, positive) if not p]
-    if not pos or not neg:
-        return None
-    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def spearman(a: list[float], b: list[float]) -> float | None:
     if len(set(a)) < 2 or len(set(b)) < 2:
         return None
@@ -106,8 +97,8 @@ def run_seed(seed: int, a, work: Path, contract: LabelContract) -> dict[str, dic
     result = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
-        result[name] = {"auroc_lesion": auroc(values, has_lesion), "rho_lesion_err": spearman(values, lesion_err),
-                        "rho_organ_err": spearman(values, organ_err), "auroc_low_dose": auroc(values, is_low_dose)}
+        result[name] = {"auroc_lesion": binary_auroc(values, has_lesion), "rho_lesion_err": spearman(values, lesion_err),
+                        "rho_organ_err": spearman(values, organ_err), "auroc_low_dose": binary_auroc(values, is_low_dose)}
     print(f"seed {seed}: {sum(has_lesion)} of {len(pool)} pool studies with lesions, mean lesion error "
           f"{np.mean(lesion_err):.3f}, organ error {np.mean(organ_err):.3f}", flush=True)
     for name, r in result.items():
