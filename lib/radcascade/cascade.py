@@ -165,7 +165,7 @@ class Cascade:
         latencies["postprocess"] = time.perf_counter() - t1
         provisional = True
         if findings:
-            regions = lesion_regions(components, kept, volume.spacing, offset=lesion.box.lo)
+            regions = lesion_regions(components, kept, volume.spacing, offset=lesion.box.lo, objects=objects)
             provisional = not self._classify(image[0], volume, findings, latencies, regions)
         paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)})
         organ_ml = float(organ_mask.sum()) * voxel_ml
@@ -251,7 +251,7 @@ class Cascade:
         components, n = ndimage.label(mask)
         if n == 0:
             return components, []
-        sizes = ndimage.sum_labels(mask, components, np.arange(1, n + 1))
+        sizes = np.bincount(components.ravel(), minlength=n + 1)[1:].astype(np.float64)  # one pass for all
         order = np.argsort(-sizes)
         kept = [int(k + 1) for k in order if sizes[k] * voxel_ml >= min_ml]
         return components, kept

@@ -22,6 +22,13 @@ def normalize_hu(t: torch.Tensor, window: tuple[float, float] = HU_WINDOW) -> to
     return ((t.clamp(lo, hi) - lo) / (hi - lo)).to(torch.float32)
 
 
+def normalized_on_grid(t: torch.Tensor, size, window: tuple[float, float] = HU_WINDOW) -> torch.Tensor:
+    """``resample(normalize_hu(t), size)`` with the scaling done after resampling (both are linear
+    with weights summing to one, so only the clip must come first): one full-resolution pass, not three."""
+    lo, hi = window
+    return resample(t.to(torch.float32).clamp(lo, hi), size).sub_(lo).div_(hi - lo)  # clamp made a new tensor
+
+
 def shape_at_spacing(shape, spacing, target_spacing) -> tuple[int, int, int]:
     """Voxel counts covering the same extent as ``shape`` at ``target_spacing``."""
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing))
@@ -61,21 +68,49 @@ def pad_to_multiple(t: torch.Tensor, divisor: int, minimum: tuple[int, ...] | No
     return (F.pad(t, pads) if any(pads) else t), back
 
 
+def _linear_taps(lo: int, hi: int, n_full: int, n_coarse: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For full voxels ``lo..hi-1`` of an axis: the two coarse neighbours and the weight of the second
+    (align_corners=False, clamped at the borders: what ``F.interpolate(mode="trilinear")`` does)."""
+    idx = torch.arange(lo, hi, device=device, dtype=torch.float64)
+    src = ((idx + 0.5) * (n_coarse / n_full) - 0.5).clamp(0, n_coarse - 1)
+    i0 = src.floor().long()
+    i1 = (i0 + 1).clamp(max=n_coarse - 1)
+    return i0, i1, (src - i0).float()
+
+
 def sample_region(coarse: torch.Tensor, full_shape, box: "BoundingBox") -> torch.Tensor:
     """Trilinearly sample a coarse map ``[C, x, y, z]`` (covering the whole full-resolution extent)
-    at the full-resolution voxels inside ``box``, without building the full-resolution volume."""
-    coords = []
-    for axis, (n_full, n_coarse) in enumerate(zip(full_shape, coarse.shape[1:])):
-        idx = torch.arange(box.lo[axis], box.hi[axis], device=coarse.device, dtype=torch.float32)
-        # Continuous coarse index of a full voxel centre (align_corners=False convention),
-        # expressed in grid_sample's normalised [-1, 1] coordinates.
-        coords.append(((idx + 0.5) / n_full) * 2.0 - 1.0)
-        del n_coarse
-    gx, gy, gz = torch.meshgrid(*coords, indexing="ij")
-    # grid_sample on a 5D input [N, C, D, H, W] takes (w, h, d) = (z, y, x) coordinates last.
-    grid = torch.stack((gz, gy, gx), dim=-1).unsqueeze(0)
-    out = F.grid_sample(coarse.unsqueeze(0).float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.squeeze(0)
+    at the full-resolution voxels inside ``box``, without building the full-resolution volume.
+
+    Trilinear interpolation is separable: one 1-D linear pass per axis (two gathers and a lerp), the
+    largest of them only over the box's voxels; no coordinate grid is built."""
+    out = coarse.float()
+    for axis in (3, 2, 1):  # z first: the last pass (x) is the only one of the box's full size
+        n_full, n_coarse = int(full_shape[axis - 1]), out.shape[axis]
+        i0, i1, w = _linear_taps(box.lo[axis - 1], box.hi[axis - 1], n_full, n_coarse, out.device)
+        view = [1, 1, 1, 1]
+        view[axis] = -1
+        out = torch.lerp(out.index_select(axis, i0), out.index_select(axis, i1), w.view(view))
+    return out
+
+
+def upsample(t: torch.Tensor, size) -> torch.Tensor:
+    """``[C, X, Y, Z]`` -> ``size`` trilinearly (each axis grows or stays): ``resample`` of a map that is
+    only enlarged, in separable passes (cheaper than ``F.interpolate`` on CT-sized crops)."""
+    size = tuple(int(s) for s in size)
+    if any(s < n for s, n in zip(size, t.shape[1:])):
+        raise ValueError(f"upsample: {tuple(t.shape[1:])} -> {size} shrinks an axis")
+    return sample_region(t, size, BoundingBox((0, 0, 0), size))
+
+
+def dilate_box(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of a 3-D mask by a ``(2r+1)^3`` cube, as three 1-D max passes (same result as
+    one cubic max-pool, a fraction of its work)."""
+    x = mask[None, None].float()
+    k = 2 * radius + 1
+    for kernel in ((k, 1, 1), (1, k, 1), (1, 1, k)):
+        x = F.max_pool3d(x, kernel, stride=1, padding=tuple(n // 2 for n in kernel))
+    return x[0, 0] > 0
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
@@ -28,11 +27,13 @@ from radcascade.labels import LabelContract
 from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
     BoundingBox,
-    normalize_hu,
+    dilate_box,
+    normalized_on_grid,
     pad_to_multiple,
     resample,
     sample_region,
     shape_at_spacing,
+    upsample,
 )
 
 # Default spacings (mm) the stages are trained at; a checkpoint records its own.
@@ -80,7 +81,7 @@ class StageSpec:
     def prepare(self, image: torch.Tensor, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
         """``[1, X, Y, Z]`` HU -> the network's input over ``box``: windowed, resampled to the grid."""
         grid = shape_at_spacing(box.shape, spacing, grid_spacing or self.spacing)
-        return resample(normalize_hu(image[(slice(None),) + box.slices]), grid)
+        return normalized_on_grid(image[(slice(None),) + box.slices], grid)
 
     def prepare_target(self, mask: np.ndarray, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
         """A full-resolution binary mask -> ``[1, ...]`` uint8 on the stage's grid over ``box``."""
@@ -240,12 +241,12 @@ class LesionStage:
         with autocast_for(image.device, self.amp):
             logits = window_logits(loaded.network, x.unsqueeze(0), roi, self.sw_batch_size, self.overlap)[0]
         prob_fine = torch.softmax(logits.float(), dim=0)[1:2]
-        prob = resample(prob_fine, box.shape)[0]
+        grows = all(b >= f for b, f in zip(box.shape, fine_shape))  # the usual case: a finer native grid
+        prob = (upsample(prob_fine, box.shape) if grows else resample(prob_fine, box.shape))[0]
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
         organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
         offset = tuple(o - b for o, b in zip(organ.box.lo, box.lo))
         organ_in_crop[tuple(slice(o, o + n) for o, n in zip(offset, organ.box.shape))] = organ.mask
-        near_organ = F.max_pool3d(organ_in_crop[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0
-        mask = (prob > 0.5) & near_organ
+        mask = (prob > 0.5) & dilate_box(organ_in_crop, 2)
         synchronize(image.device)
         return LesionResult(box, mask, prob, time.perf_counter() - t0)
