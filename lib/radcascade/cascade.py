@@ -101,6 +101,12 @@ def paint(target: np.ndarray, components: np.ndarray, values: dict[int, int]) ->
     np.copyto(target, painted, where=painted > 0)
 
 
+def new_label(shape) -> np.ndarray:
+    """An empty ``[x, y, z]`` label stored z-major like the image's (ITK's) buffer, so writing it back
+    is a plain copy, not a transposing one (~0.3 s for a 512x512x200 CT on 2 cores)."""
+    return np.zeros(tuple(shape)[::-1], dtype=np.uint8).T
+
+
 class Cascade:
     """Runs organ -> lesion -> classifier on one volume; models are warm and follow republished files."""
 
@@ -145,7 +151,7 @@ class Cascade:
         if organ is None:
             organ = self.organ_stage(image, volume.spacing)
         latencies["organ"] = organ.latency_s
-        label = np.zeros(volume.shape, dtype=np.uint8)
+        label = new_label(volume.shape)
         if not organ.found:
             latencies.update(lesion=0.0, classifier=0.0, postprocess=0.0)
             return CascadeResult(label, False, 0.0, [], latencies, notes=["no organ found: no lesion search"])

@@ -191,7 +191,8 @@ class OrganStage:
         mask = full[local.slices].contiguous()
         # An organ is soft tissue: a "mask" over air (e.g. an empty or non-CT volume, where instance
         # normalisation makes the network see patterns in nothing) is no organ.
-        if float(image[0][tight.slices][mask].float().mean()) < MIN_ORGAN_MEAN_HU:
+        inside = torch.where(mask, image[0][tight.slices], 0).sum(dtype=torch.float64)  # no gather of the voxels
+        if float(inside) / max(1, int(mask.sum())) < MIN_ORGAN_MEAN_HU:
             synchronize(image.device)
             return OrganResult(None, None, time.perf_counter() - t0)
         synchronize(image.device)
