@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 # CT window fed to both UNets: soft tissue, wide enough to keep fat and enhancing rims apart.
 HU_WINDOW = (-250.0, 350.0)
@@ -98,13 +99,31 @@ def sample_region(coarse: torch.Tensor, full_shape, box: "BoundingBox") -> torch
     return out
 
 
-def upsample(t: torch.Tensor, size) -> torch.Tensor:
-    """``[C, X, Y, Z]`` -> ``size`` trilinearly (each axis grows or stays): ``resample`` of a map that is
-    only enlarged, in separable passes (cheaper than ``F.interpolate`` on CT-sized crops)."""
+def upsample_above(coarse: torch.Tensor, size, threshold: float) -> tuple[torch.Tensor, list["BoundingBox"]]:
+    """Trilinear ``resample(coarse, size)`` (no axis shrinks), evaluated only where it can exceed
+    ``threshold``; 0 elsewhere.
+
+    A trilinear value is a convex mix of its coarse neighbours, so it exceeds the threshold only next
+    to a coarse voxel that does: each group of those (dilated by one coarse voxel) is upsampled inside
+    its own full-resolution box.  Returns the map and the boxes (everything above the threshold lies
+    in them); the work grows with the regions above the threshold, not with the whole extent."""
     size = tuple(int(s) for s in size)
-    if any(s < n for s, n in zip(size, t.shape[1:])):
-        raise ValueError(f"upsample: {tuple(t.shape[1:])} -> {size} shrinks an axis")
-    return sample_region(t, size, BoundingBox((0, 0, 0), size))
+    above = (coarse[0] > threshold).cpu().numpy()
+    out = torch.zeros((coarse.shape[0], *size), dtype=torch.float32, device=coarse.device)
+    if not above.any():
+        return out, []
+    groups, _ = ndimage.label(ndimage.binary_dilation(above, np.ones((3, 3, 3), bool)))
+    # i0 of every full voxel per axis: a full voxel may exceed the threshold only if its i0 is in a group's box
+    first = [_linear_taps(0, n, n, c, "cpu")[0].numpy() for n, c in zip(size, coarse.shape[1:])]
+    boxes = []
+    for sl in ndimage.find_objects(groups):
+        lo = tuple(int(np.searchsorted(f, s.start, "left")) for f, s in zip(first, sl))
+        hi = tuple(int(np.searchsorted(f, s.stop, "left")) for f, s in zip(first, sl))
+        box = BoundingBox(lo, hi)
+        if all(h > l for l, h in zip(lo, hi)):
+            out[(slice(None),) + box.slices] = sample_region(coarse, size, box)
+            boxes.append(box)
+    return out, boxes
 
 
 def dilate_box(mask: torch.Tensor, radius: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ from radcascade.preprocessing import (
     resample,
     sample_region,
     shape_at_spacing,
-    upsample,
+    upsample_above,
 )
 
 # Default spacings (mm) the stages are trained at; a checkpoint records its own.
@@ -147,7 +147,7 @@ class LesionResult:
 
     box: BoundingBox  # crop in full-resolution voxel indices
     mask: torch.Tensor  # bool, crop shape
-    probability: torch.Tensor  # float, crop shape
+    probability: torch.Tensor  # float, crop shape; where it is <= 0.5 it may read 0 (see LesionStage)
     latency_s: float
 
 
@@ -242,12 +242,22 @@ class LesionStage:
         with autocast_for(image.device, self.amp):
             logits = window_logits(loaded.network, x.unsqueeze(0), roi, self.sw_batch_size, self.overlap)[0]
         prob_fine = torch.softmax(logits.float(), dim=0)[1:2]
-        grows = all(b >= f for b, f in zip(box.shape, fine_shape))  # the usual case: a finer native grid
-        prob = (upsample(prob_fine, box.shape) if grows else resample(prob_fine, box.shape))[0]
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
         organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
         offset = tuple(o - b for o, b in zip(organ.box.lo, box.lo))
         organ_in_crop[tuple(slice(o, o + n) for o, n in zip(offset, organ.box.shape))] = organ.mask
-        mask = (prob > 0.5) & dilate_box(organ_in_crop, 2)
+        if tuple(box.shape) != fine_shape and all(b >= f for b, f in zip(box.shape, fine_shape)):
+            # A native grid finer than the stage's (the usual CT): the probability is brought back only
+            # where it can exceed 0.5, and the mask is decided there; elsewhere it is 0 (no lesion either way).
+            prob, boxes = upsample_above(prob_fine, box.shape, 0.5)
+            prob = prob[0]
+            mask = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
+            for b in boxes:
+                pad = b.expanded((2, 2, 2), box.shape)
+                inner = tuple(slice(l - p, h - p) for l, h, p in zip(b.lo, b.hi, pad.lo))
+                mask[b.slices] = (prob[b.slices] > 0.5) & dilate_box(organ_in_crop[pad.slices], 2)[inner]
+        else:
+            prob = resample(prob_fine, box.shape)[0]
+            mask = (prob > 0.5) & dilate_box(organ_in_crop, 2)
         synchronize(image.device)
         return LesionResult(box, mask, prob, time.perf_counter() - t0)
