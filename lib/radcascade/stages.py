@@ -13,6 +13,7 @@ nothing is written to or read from disk between stages.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -42,6 +43,9 @@ LESION_SPACING = (2.5, 2.5, 4.0)
 LESION_MARGIN_MM = 12.0
 LESION_ROI = (96, 96, 48)
 LESION_OVERLAP = 0.25
+# A lesion model file may carry its test-time mirroring and probability threshold, chosen on validation.
+MIRROR_AXES_KEY = "mirror_axes"
+THRESHOLD_KEY = "lesion_threshold"
 MIN_ORGAN_MEAN_HU = -300.0
 
 
@@ -147,7 +151,7 @@ class LesionResult:
 
     box: BoundingBox  # crop in full-resolution voxel indices
     mask: torch.Tensor  # bool, crop shape
-    probability: torch.Tensor  # float, crop shape; where it is <= 0.5 it may read 0 (see LesionStage)
+    probability: torch.Tensor  # float, crop shape; where it is <= the threshold it may read 0 (see LesionStage)
     latency_s: float
 
 
@@ -217,19 +221,51 @@ class LesionStage:
         sw_batch_size: int = 2,
         overlap: float = LESION_OVERLAP,
         amp: bool = True,
+        mirror_axes: tuple[int, ...] | None = None,
+        threshold: float | None = None,
+        margin_mm: float | None = None,
     ):
         self.model = model
         self.roi_size = tuple(roi_size)
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
         self.amp = amp
+        # Test-time mirroring (probabilities averaged over the flips of these voxel axes, 2^k passes),
+        # the probability threshold and the crop margin: None = the model file's choice (chosen on
+        # validation, see radcascade.lesion_quality), else none / 0.5 / the spec's margin.
+        self.mirror_axes = mirror_axes
+        self.threshold = threshold
+        self.margin_mm = margin_mm
+
+    def settings(self, loaded: LoadedModel) -> tuple[tuple[int, ...], float]:
+        """Mirror axes and threshold in force: this stage's, else the model file's, else none / 0.5."""
+        summary = loaded.checkpoint.summary
+        axes = self.mirror_axes if self.mirror_axes is not None else tuple(summary.get(MIRROR_AXES_KEY) or ())
+        threshold = self.threshold if self.threshold is not None else summary.get(THRESHOLD_KEY)
+        return tuple(int(a) for a in axes), float(0.5 if threshold is None else threshold)
+
+    def probability(self, network: torch.nn.Module, x: torch.Tensor, roi, mirror_axes=()) -> torch.Tensor:
+        """Lesion probability ``[1, ...]`` of a prepared input ``[1, ...]``, averaged over the mirrored
+        copies along ``mirror_axes`` (nnU-Net's test-time mirroring; none: one pass)."""
+        flips = [f for r in range(len(mirror_axes) + 1) for f in itertools.combinations(mirror_axes, r)]
+        total = None
+        for f in flips:
+            dims = [a + 2 for a in f]  # [N, C, X, Y, Z]
+            xi = x.unsqueeze(0).flip(dims) if f else x.unsqueeze(0)
+            with autocast_for(x.device, self.amp):
+                logits = window_logits(network, xi, roi, self.sw_batch_size, self.overlap)
+            p = torch.softmax(logits.float(), dim=1)[:, 1:2]
+            p = p.flip(dims) if f else p
+            total = p if total is None else total + p
+        return (total / len(flips))[0]
 
     def window(self, fine_shape, divisor: int) -> tuple[int, ...]:
         """Sliding-window size: the configured ROI, shrunk to a small crop (a multiple of ``divisor``)."""
         return tuple(min(r, int(np.ceil(n / divisor) * divisor)) for r, n in zip(self.roi_size, fine_shape))
 
     def crop_box(self, organ_box: BoundingBox, spacing, shape) -> BoundingBox:
-        return self.spec.region(shape, spacing, organ_box)
+        scale = 1.0 if self.margin_mm is None else self.margin_mm / self.spec.margin_mm
+        return self.spec.region(shape, spacing, organ_box, margin_scale=scale)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, spacing, organ: OrganResult) -> LesionResult:
@@ -239,25 +275,25 @@ class LesionStage:
         x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing)
         fine_shape = tuple(x.shape[1:])
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
-        with autocast_for(image.device, self.amp):
-            logits = window_logits(loaded.network, x.unsqueeze(0), roi, self.sw_batch_size, self.overlap)[0]
-        prob_fine = torch.softmax(logits.float(), dim=0)[1:2]
+        mirror_axes, threshold = self.settings(loaded)
+        prob_fine = self.probability(loaded.network, x, roi, mirror_axes)
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
         organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
         offset = tuple(o - b for o, b in zip(organ.box.lo, box.lo))
         organ_in_crop[tuple(slice(o, o + n) for o, n in zip(offset, organ.box.shape))] = organ.mask
         if tuple(box.shape) != fine_shape and all(b >= f for b, f in zip(box.shape, fine_shape)):
             # A native grid finer than the stage's (the usual CT): the probability is brought back only
-            # where it can exceed 0.5, and the mask is decided there; elsewhere it is 0 (no lesion either way).
-            prob, boxes = upsample_above(prob_fine, box.shape, 0.5)
+            # where it can exceed the threshold, and the mask is decided there; elsewhere it is 0 (no
+            # lesion either way).
+            prob, boxes = upsample_above(prob_fine, box.shape, threshold)
             prob = prob[0]
             mask = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
             for b in boxes:
                 pad = b.expanded((2, 2, 2), box.shape)
                 inner = tuple(slice(l - p, h - p) for l, h, p in zip(b.lo, b.hi, pad.lo))
-                mask[b.slices] = (prob[b.slices] > 0.5) & dilate_box(organ_in_crop[pad.slices], 2)[inner]
+                mask[b.slices] = (prob[b.slices] > threshold) & dilate_box(organ_in_crop[pad.slices], 2)[inner]
         else:
             prob = resample(prob_fine, box.shape)[0]
-            mask = (prob > 0.5) & dilate_box(organ_in_crop, 2)
+            mask = (prob > threshold) & dilate_box(organ_in_crop, 2)
         synchronize(image.device)
         return LesionResult(box, mask, prob, time.perf_counter() - t0)
