@@ -46,6 +46,7 @@ LESION_OVERLAP = 0.25
 # A lesion model file may carry its test-time mirroring and probability threshold, chosen on validation.
 MIRROR_AXES_KEY = "mirror_axes"
 THRESHOLD_KEY = "lesion_threshold"
+MARGIN_KEY = "lesion_margin_mm"
 MIN_ORGAN_MEAN_HU = -300.0
 
 
@@ -237,12 +238,15 @@ class LesionStage:
         self.threshold = threshold
         self.margin_mm = margin_mm
 
-    def settings(self, loaded: LoadedModel) -> tuple[tuple[int, ...], float]:
-        """Mirror axes and threshold in force: this stage's, else the model file's, else none / 0.5."""
-        summary = loaded.checkpoint.summary
+    def settings(self, loaded: LoadedModel | None) -> tuple[tuple[int, ...], float, float]:
+        """Mirror axes, threshold and crop margin in force: this stage's, else the model file's, else
+        none / 0.5 / the spec's margin."""
+        summary = loaded.checkpoint.summary if loaded is not None else {}
         axes = self.mirror_axes if self.mirror_axes is not None else tuple(summary.get(MIRROR_AXES_KEY) or ())
         threshold = self.threshold if self.threshold is not None else summary.get(THRESHOLD_KEY)
-        return tuple(int(a) for a in axes), float(0.5 if threshold is None else threshold)
+        margin = self.margin_mm if self.margin_mm is not None else summary.get(MARGIN_KEY)
+        return (tuple(int(a) for a in axes), float(0.5 if threshold is None else threshold),
+                float(self.spec.margin_mm if margin is None else margin))
 
     def probability(self, network: torch.nn.Module, x: torch.Tensor, roi, mirror_axes=()) -> torch.Tensor:
         """Lesion probability ``[1, ...]`` of a prepared input ``[1, ...]``, averaged over the mirrored
@@ -264,8 +268,8 @@ class LesionStage:
         return tuple(min(r, int(np.ceil(n / divisor) * divisor)) for r, n in zip(self.roi_size, fine_shape))
 
     def crop_box(self, organ_box: BoundingBox, spacing, shape) -> BoundingBox:
-        scale = 1.0 if self.margin_mm is None else self.margin_mm / self.spec.margin_mm
-        return self.spec.region(shape, spacing, organ_box, margin_scale=scale)
+        margin_mm = self.settings(self.model.get())[2]
+        return self.spec.region(shape, spacing, organ_box, margin_scale=margin_mm / self.spec.margin_mm)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, spacing, organ: OrganResult) -> LesionResult:
@@ -275,7 +279,7 @@ class LesionStage:
         x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing)
         fine_shape = tuple(x.shape[1:])
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
-        mirror_axes, threshold = self.settings(loaded)
+        mirror_axes, threshold, _ = self.settings(loaded)
         prob_fine = self.probability(loaded.network, x, roi, mirror_axes)
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
         organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
