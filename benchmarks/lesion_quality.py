@@ -31,6 +31,7 @@ from radcascade.lesion_quality import (
     make_held_out_set,
     markdown_table,
     record_choice,
+    record_lesion_settings,
     summarise,
 )
 
@@ -53,6 +54,8 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=None, help="trial: lesion probability threshold")
     p.add_argument("--margin-mm", type=float, default=None, help="trial: lesion-stage crop margin around the organ")
     p.add_argument("--min-lesion-ml", type=float, default=None, help="trial: smallest lesion kept")
+    p.add_argument("--record-to", type=Path, help="lesion model file to record the trial's mirroring, threshold and "
+                                                  "margin in (run it on validation studies: --seed 6000)")
     a = p.parse_args()
     trial = {"mirror_axes": None if a.mirror_axes is None else tuple(a.mirror_axes), "threshold": a.threshold,
              "margin_mm": a.margin_mm}
@@ -99,6 +102,8 @@ def main() -> None:
         {"meta": meta, "reports": {k: r.to_json() for k, r in reports.items()},
          "studies": {k: [o.__dict__ for o in v] for k, v in outcomes.items()}}, indent=1, default=str))
     a.out.with_suffix(".md").write_text(f"# Lesion quality on the held-out set\n\n{json.dumps(meta)}\n\n{table}\n")
+    if a.record_to:
+        record_lesion_settings(a.record_to, trial, f"{a.studies} studies, seed {a.seed}, {meta['date']}: {meta['command']}")
 
 
 if __name__ == "__main__":
