@@ -37,7 +37,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def stages():
-    return OrganStage(WarmModel(PRETRAINED / "organ.pt", CPU)), LesionStage(WarmModel(PRETRAINED / "lesion.pt", CPU))
+    # No test-time mirroring (the committed lesion model's choice): these tests compare resampling paths.
+    return (OrganStage(WarmModel(PRETRAINED / "organ.pt", CPU)),
+            LesionStage(WarmModel(PRETRAINED / "lesion.pt", CPU), mirror_axes=()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -201,6 +203,7 @@ def test_cascade_on_a_fine_ct_gives_the_label_of_the_full_resolution_path(stages
 
     cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", CPU,
                       classifier_model=PRETRAINED / "classifier.pt")
+    cascade.lesion_stage.mirror_axes = ()
     result = cascade.run(volume)
     # Before: every component's size by a pass over the crop, largest first, the small ones dropped.
     components, n = ndimage.label(mask.numpy())

@@ -47,6 +47,9 @@ LESION_OVERLAP = 0.25
 MIRROR_AXES_KEY = "mirror_axes"
 THRESHOLD_KEY = "lesion_threshold"
 MARGIN_KEY = "lesion_margin_mm"
+# Test-time mirroring the trainer publishes with a lesion model: along z, chosen on the validation
+# studies of radcascade.lesion_quality (2 passes; see docs/benchmarks.md, lesion quality).
+LESION_MIRROR_AXES = (2,)
 MIN_ORGAN_MEAN_HU = -300.0
 
 
