@@ -92,7 +92,7 @@ def test_lesion_stage_mirroring_and_settings_recorded_in_the_model_file(tmp_path
     shutil.copy(PRETRAINED / "lesion.pt", model)
     stage = LesionStage(WarmModel(model, torch.device("cpu")))
     loaded = stage.model.get()
-    assert stage.settings(loaded)[:2] == ((), 0.5)
+    assert stage.settings(loaded) == ((2,), 0.5, 12.0)  # the committed model's choice: mirroring along z
     torch.manual_seed(0)
     x = torch.rand(1, 32, 24, 16)
     net = loaded.network
@@ -106,8 +106,8 @@ def test_lesion_stage_mirroring_and_settings_recorded_in_the_model_file(tmp_path
     mirrored = (prob(x) + prob(x.flip(3)).flip(3)) / 2  # axis 2 of [X, Y, Z] is dim 3 of [C, X, Y, Z]
     torch.testing.assert_close(stage.probability(net, x, (32, 24, 16), (2,)), mirrored, atol=1e-6, rtol=1e-5)
 
-    record_lesion_settings(model, {"mirror_axes": (2,), "threshold": 0.4, "margin_mm": None}, "test")
+    record_lesion_settings(model, {"mirror_axes": (0, 1), "threshold": 0.4, "margin_mm": None}, "test")
     served = LesionStage(WarmModel(model, torch.device("cpu")))
-    assert served.settings(served.model.get()) == ((2,), 0.4, 12.0)
+    assert served.settings(served.model.get()) == ((0, 1), 0.4, 12.0)
     explicit = LesionStage(WarmModel(model, torch.device("cpu")), mirror_axes=(), threshold=0.5, margin_mm=20.0)
     assert explicit.settings(explicit.model.get()) == ((), 0.5, 20.0)
