@@ -92,7 +92,7 @@ def main() -> None:
     print(table)
     trial_args = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
                           for k, v in {**trial, "min_lesion_ml": a.min_lesion_ml}.items() if v is not None)
-    meta = {"command": "benchmarks/lesion_quality.py " + " ".join(f"--models {m}" for m in a.models)
+    meta = {"command": "benchmarks/lesion_quality.py --models " + " ".join(a.models)
             + (f" --studies {a.studies} --seed {a.seed} " if (a.studies, a.seed) != (60, HELD_OUT_SEED) else " ")
             + trial_args,
             "studies": a.studies, "seed": a.seed, "date": time.strftime("%Y-%m-%d"),
