@@ -11,6 +11,9 @@ from pathlib import Path
 from radcascade.experiments.common import (
     CT_LABEL,
     CT_SIZE,
+    LARGE_CT_LABEL,
+    LARGE_CT_ORGAN,
+    LARGE_CT_SIZE,
     MODEL_FILES,
     PRETRAINED,
     SAMPLE_LABEL,
@@ -29,6 +32,6 @@ from radcascade.experiments.common import (
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-__all__ = ["HERE", "RESULTS", "CT_LABEL", "CT_SIZE", "MODEL_FILES", "PRETRAINED", "SAMPLE_LABEL", "SAMPLE_SIZE", "STAGES",
+__all__ = ["HERE", "RESULTS", "CT_LABEL", "CT_SIZE", "LARGE_CT_LABEL", "LARGE_CT_ORGAN", "LARGE_CT_SIZE", "MODEL_FILES", "PRETRAINED", "SAMPLE_LABEL", "SAMPLE_SIZE", "STAGES",
            "GpuMonitor", "decode_result", "install_weights", "mean_std", "median_stages", "meta", "parse_gpu_sample",
            "pyplot", "start_cascade_server"]

@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/lesion_quality.py --models name=DIR ...  # compare other model folders
     .venv/bin/python benchmarks/lesion_quality.py --choose-filter 20 --apply-to apps/radcascade/pretrained/lesion.pt
         # choose the smallest lesion kept on 20 validation studies (seed 6000), record it in the model file
+    .venv/bin/python benchmarks/lesion_quality.py --studies 20 --seed 6000 --mirror-axes 0 1 2 --out /tmp/x
+        # a trial setting of the lesion stage on the validation studies (also --threshold, --margin-mm)
 
 Prints a table (value [bootstrap 95% CI]) and writes ``benchmarks/results/lesion_quality.{json,md}``.
 """
@@ -29,6 +31,7 @@ from radcascade.lesion_quality import (
     make_held_out_set,
     markdown_table,
     record_choice,
+    record_lesion_settings,
     summarise,
 )
 
@@ -46,7 +49,16 @@ def main() -> None:
     p.add_argument("--choose-filter", type=int, default=0, metavar="N",
                    help="choose the smallest lesion kept on N validation studies instead of evaluating")
     p.add_argument("--apply-to", type=Path, help="lesion model file to record the choice in")
+    p.add_argument("--mirror-axes", type=int, nargs="*", default=None, metavar="AXIS",
+                   help="trial: lesion-stage test-time mirroring along these voxel axes (none given: no mirroring)")
+    p.add_argument("--threshold", type=float, default=None, help="trial: lesion probability threshold")
+    p.add_argument("--margin-mm", type=float, default=None, help="trial: lesion-stage crop margin around the organ")
+    p.add_argument("--min-lesion-ml", type=float, default=None, help="trial: smallest lesion kept")
+    p.add_argument("--record-to", type=Path, help="lesion model file to record the trial's mirroring, threshold and "
+                                                  "margin in (run it on validation studies: --seed 6000)")
     a = p.parse_args()
+    trial = {"mirror_axes": None if a.mirror_axes is None else tuple(a.mirror_axes), "threshold": a.threshold,
+             "margin_mm": a.margin_mm}
     if a.choose_filter:
         folder = a.apply_to.parent if a.apply_to else REPO / "apps/radcascade/pretrained"
         lesion = a.apply_to or folder / "lesion.pt"
@@ -70,12 +82,19 @@ def main() -> None:
             folder = Path(folder)
             classifier = folder / "classifier.pt"
             cascade = Cascade(LabelContract(), folder / "organ.pt", folder / "lesion.pt", torch.device("cpu"),
-                              classifier_model=classifier if classifier.exists() else None)
+                              classifier_model=classifier if classifier.exists() else None, min_lesion_ml=a.min_lesion_ml)
+            for k, v in trial.items():
+                if v is not None:
+                    setattr(cascade.lesion_stage, k, v)
             outcomes[name] = evaluate(cascade, held_out)
             reports[name] = summarise(outcomes[name], a.bootstrap)
     table = markdown_table(reports)
     print(table)
-    meta = {"command": "benchmarks/lesion_quality.py " + " ".join(f"--models {m}" for m in a.models),
+    trial_args = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+                          for k, v in {**trial, "min_lesion_ml": a.min_lesion_ml}.items() if v is not None)
+    meta = {"command": "benchmarks/lesion_quality.py --models " + " ".join(a.models)
+            + (f" --studies {a.studies} --seed {a.seed} " if (a.studies, a.seed) != (60, HELD_OUT_SEED) else " ")
+            + trial_args,
             "studies": a.studies, "seed": a.seed, "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, no GPU"}
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +102,8 @@ def main() -> None:
         {"meta": meta, "reports": {k: r.to_json() for k, r in reports.items()},
          "studies": {k: [o.__dict__ for o in v] for k, v in outcomes.items()}}, indent=1, default=str))
     a.out.with_suffix(".md").write_text(f"# Lesion quality on the held-out set\n\n{json.dumps(meta)}\n\n{table}\n")
+    if a.record_to:
+        record_lesion_settings(a.record_to, trial, f"{a.studies} studies, seed {a.seed}, {meta['date']}: {meta['command']}")
 
 
 if __name__ == "__main__":

@@ -75,3 +75,39 @@ def test_smallest_lesion_kept_keeps_big_lesions_then_detections_minus_false_posi
     assert choose_min_lesion_ml([c], candidates=(0.02, 0.25, 0.5)).chosen_ml == 0.25
     assert choice.curve[0.02]["false_positives_per_study"] == 1.5
     assert choice.curve[0.15] == {"recall": 0.5, "recall_ge_10mm": 1.0, "false_positives_per_study": 0.0}
+
+
+def test_lesion_stage_mirroring_and_settings_recorded_in_the_model_file(tmp_path):
+    """Test-time mirroring averages the flipped passes; settings chosen on validation, written into a
+    model file, are what a stage serving that file uses (its own explicit settings win)."""
+    import shutil
+
+    from monai.inferers import sliding_window_inference
+
+    from radcascade.checkpoints import WarmModel
+    from radcascade.lesion_quality import record_lesion_settings
+    from radcascade.stages import LesionStage
+
+    model = tmp_path / "lesion.pt"
+    shutil.copy(PRETRAINED / "lesion.pt", model)
+    stage = LesionStage(WarmModel(model, torch.device("cpu")))
+    loaded = stage.model.get()
+    assert stage.settings(loaded) == ((2,), 0.5, 12.0)  # the committed model's choice: mirroring along z
+    torch.manual_seed(0)
+    x = torch.rand(1, 32, 24, 16)
+    net = loaded.network
+
+    def prob(inp):
+        with torch.no_grad():
+            return torch.softmax(sliding_window_inference(inp[None], (32, 24, 16), 2, net, overlap=0.25,
+                                                          mode="gaussian"), 1)[0, 1:2]
+
+    torch.testing.assert_close(stage.probability(net, x, (32, 24, 16)), prob(x))
+    mirrored = (prob(x) + prob(x.flip(3)).flip(3)) / 2  # axis 2 of [X, Y, Z] is dim 3 of [C, X, Y, Z]
+    torch.testing.assert_close(stage.probability(net, x, (32, 24, 16), (2,)), mirrored, atol=1e-6, rtol=1e-5)
+
+    record_lesion_settings(model, {"mirror_axes": (0, 1), "threshold": 0.4, "margin_mm": None}, "test")
+    served = LesionStage(WarmModel(model, torch.device("cpu")))
+    assert served.settings(served.model.get()) == ((0, 1), 0.4, 12.0)
+    explicit = LesionStage(WarmModel(model, torch.device("cpu")), mirror_axes=(), threshold=0.5, margin_mm=20.0)
+    assert explicit.settings(explicit.model.get()) == ((), 0.5, 20.0)

@@ -156,3 +156,17 @@ def test_default_family_is_separated_by_intensity_alone():
 
     y, _, X, names = _radiomics_table("default", 12, RadiomicsConfig(classes=("firstorder",)))
     assert best_single_feature(X, y, names).train_auc > 0.85
+
+
+def test_organ_scale_and_lesion_count_make_a_large_organ_with_many_lesions(tmp_path):
+    """The large-organ CT of the latency benchmark: same generator, a bigger organ, a lesion-count range."""
+    base = generate_study(123, "a", SHAPE, SPACING)
+    same = generate_study(123, "a", SHAPE, SPACING, organ_scale=1.0, min_lesions=0)
+    np.testing.assert_array_equal(base.image, same.image)  # the defaults change nothing
+    big = generate_study(123, "b", SHAPE, SPACING, max_lesions=12, organ_scale=1.3, min_lesions=10)
+    assert (big.label >= 1).sum() > 1.5 * (base.label >= 1).sum()
+    assert 10 <= len(big.lesions) <= 12 and (big.label >= 2).any()
+    generate_datastore(tmp_path, 1, 0, seed=3, shape=SHAPE, spacing=SPACING, organ_scale=1.3, lesions=(8, 9))
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert truth["organ_scale"] == 1.3 and truth["lesions"] == [8, 9]
+    assert 8 <= len(truth["studies"]["study_000"]["lesions"]) <= 9

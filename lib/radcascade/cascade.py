@@ -90,15 +90,21 @@ class CascadeResult:
         return out
 
 
-def paint(target: np.ndarray, components: np.ndarray, values: dict[int, int]) -> None:
-    """Write each component's value into ``target`` in one pass (not one pass per lesion)."""
+def paint(target: np.ndarray, components: np.ndarray, values: dict[int, int], objects=None) -> None:
+    """Write each component's value into ``target``, inside each component's bounding box only
+    (``objects``: ``ndimage.find_objects(components)``), not by a pass over the whole array per lesion."""
     if not values:
         return
-    lut = np.zeros(int(components.max()) + 1, dtype=target.dtype)
+    objects = ndimage.find_objects(components) if objects is None else objects
     for comp, value in values.items():
-        lut[comp] = value
-    painted = lut[components]
-    np.copyto(target, painted, where=painted > 0)
+        sl = objects[comp - 1]
+        np.copyto(target[sl], np.asarray(value, dtype=target.dtype), where=components[sl] == comp)
+
+
+def new_label(shape) -> np.ndarray:
+    """An empty ``[x, y, z]`` label stored z-major like the image's (ITK's) buffer, so writing it back
+    is a plain copy, not a transposing one (~0.3 s for a 512x512x200 CT on 2 cores)."""
+    return np.zeros(tuple(shape)[::-1], dtype=np.uint8).T
 
 
 class Cascade:
@@ -145,7 +151,7 @@ class Cascade:
         if organ is None:
             organ = self.organ_stage(image, volume.spacing)
         latencies["organ"] = organ.latency_s
-        label = np.zeros(volume.shape, dtype=np.uint8)
+        label = new_label(volume.shape)
         if not organ.found:
             latencies.update(lesion=0.0, classifier=0.0, postprocess=0.0)
             return CascadeResult(label, False, 0.0, [], latencies, notes=["no organ found: no lesion search"])
@@ -157,17 +163,16 @@ class Cascade:
         organ_mask = organ.mask.cpu().numpy()
         lesion_mask = lesion.mask.cpu().numpy()
         lesion_prob = lesion.probability.cpu().numpy()
-        label[organ.box.slices][organ_mask] = ORGAN_VALUE
-        components, kept = self._components(lesion_mask, voxel_ml, self.lesion_min_ml())
-        objects = ndimage.find_objects(components)
+        np.copyto(label[organ.box.slices], np.uint8(ORGAN_VALUE), where=organ_mask)
+        components, kept, objects = self._components(lesion_mask, voxel_ml, self.lesion_min_ml())
         findings = [self._finding(i, comp, objects[comp - 1], components, lesion_prob, lesion.box, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
         latencies["postprocess"] = time.perf_counter() - t1
         provisional = True
         if findings:
-            regions = lesion_regions(components, kept, volume.spacing, offset=lesion.box.lo)
+            regions = lesion_regions(components, kept, volume.spacing, offset=lesion.box.lo, objects=objects)
             provisional = not self._classify(image[0], volume, findings, latencies, regions)
-        paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)})
+        paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)}, objects)
         organ_ml = float(organ_mask.sum()) * voxel_ml
         return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
 
@@ -181,10 +186,9 @@ class Cascade:
         t0 = time.perf_counter()
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         out = np.where(label >= 1, ORGAN_VALUE, 0).astype(np.uint8)
-        components, kept = self._components(label >= FIRST_LESION_VALUE, voxel_ml, 0.0)  # every drawn lesion
+        components, kept, objects = self._components(label >= FIRST_LESION_VALUE, voxel_ml, 0.0)  # every drawn lesion
         whole = BoundingBox((0, 0, 0), volume.shape)
         ones = np.broadcast_to(np.float32(1), volume.shape)
-        objects = ndimage.find_objects(components)
         findings = [self._finding(i, comp, objects[comp - 1], components, ones, whole, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
         drawn = [self._drawn_value(label[objects[comp - 1]], components[objects[comp - 1]] == comp) for comp in kept]
@@ -214,7 +218,7 @@ class Cascade:
         if keep_drawn_classes:  # exactly as drawn, even where one blob holds voxels of two classes
             np.copyto(out, label.astype(out.dtype, copy=False), where=label >= FIRST_LESION_VALUE)
         else:
-            paint(out, components, {comp: f.value for f, comp in zip(findings, kept)})
+            paint(out, components, {comp: f.value for f, comp in zip(findings, kept)}, objects)
         return CascadeResult(out, bool((label >= 1).any()), float((label >= 1).sum()) * voxel_ml, findings, latencies,
                              provisional_classes=False, notes=notes)
 
@@ -246,15 +250,18 @@ class Cascade:
         return float(chosen) if chosen is not None else MIN_LESION_ML
 
     @staticmethod
-    def _components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, list[int]]:
-        """Connected lesions, largest first, dropping those under ``min_ml``."""
+    def _components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, list[int], list]:
+        """Connected lesions (labelled array, ids largest first, dropping those under ``min_ml``, and
+        every component's bounding box): one labelling pass and one box pass; sizes are counted in
+        each box, so the work after labelling grows with the lesions' extent, not the crop's."""
         components, n = ndimage.label(mask)
         if n == 0:
-            return components, []
-        sizes = ndimage.sum_labels(mask, components, np.arange(1, n + 1))
+            return components, [], []
+        objects = ndimage.find_objects(components)
+        sizes = np.array([np.count_nonzero(components[sl] == i) for i, sl in enumerate(objects, start=1)], np.float64)
         order = np.argsort(-sizes)
         kept = [int(k + 1) for k in order if sizes[k] * voxel_ml >= min_ml]
-        return components, kept
+        return components, kept, objects
 
     def _finding(self, new_id: int, comp: int, sl, components, prob, box, volume: Volume, voxel_ml: float) -> LesionFinding:
         region = components[sl] == comp

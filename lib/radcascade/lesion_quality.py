@@ -303,3 +303,17 @@ def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
     summary = {**ckpt.summary, MIN_LESION_ML_KEY: choice.chosen_ml,
                "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}, "min_lesion_ml_source": source}
     publish_checkpoint(replace(ckpt, summary=summary), model_path)
+
+
+def record_lesion_settings(model_path: Path, settings: dict, source: str) -> None:
+    """Write serving settings of the lesion stage chosen on validation (``mirror_axes``, ``threshold``,
+    ``margin_mm``; see :class:`radcascade.stages.LesionStage`) into its model file, atomically."""
+    from dataclasses import replace
+
+    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
+    from radcascade.stages import MARGIN_KEY, MIRROR_AXES_KEY, THRESHOLD_KEY
+
+    keys = {"mirror_axes": MIRROR_AXES_KEY, "threshold": THRESHOLD_KEY, "margin_mm": MARGIN_KEY}
+    ckpt = read_checkpoint(model_path)
+    chosen = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v is not None}
+    publish_checkpoint(replace(ckpt, summary={**ckpt.summary, **chosen, "lesion_settings_source": source}), model_path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 # CT window fed to both UNets: soft tissue, wide enough to keep fat and enhancing rims apart.
 HU_WINDOW = (-250.0, 350.0)
@@ -20,6 +21,13 @@ def normalize_hu(t: torch.Tensor, window: tuple[float, float] = HU_WINDOW) -> to
     """Clip to the window and scale to [0, 1]."""
     lo, hi = window
     return ((t.clamp(lo, hi) - lo) / (hi - lo)).to(torch.float32)
+
+
+def normalized_on_grid(t: torch.Tensor, size, window: tuple[float, float] = HU_WINDOW) -> torch.Tensor:
+    """``resample(normalize_hu(t), size)`` with the scaling done after resampling (both are linear
+    with weights summing to one, so only the clip must come first): one full-resolution pass, not three."""
+    lo, hi = window
+    return resample(t.to(torch.float32).clamp(lo, hi), size).sub_(lo).div_(hi - lo)  # clamp made a new tensor
 
 
 def shape_at_spacing(shape, spacing, target_spacing) -> tuple[int, int, int]:
@@ -36,6 +44,10 @@ def resample(t: torch.Tensor, size, mode: str = "linear") -> torch.Tensor:
     size = tuple(int(s) for s in size)
     if tuple(t.shape[1:]) == size:
         return t
+    order = sorted((1, 2, 3), key=lambda d: -t.stride(d))  # spatial axes, outermost in memory first
+    if order != [1, 2, 3]:  # e.g. a volume viewed (x, y, z) over ITK's (z, y, x) buffer: pool it as stored
+        back = [0] + [order.index(d) + 1 for d in (1, 2, 3)]
+        return resample(t.permute(0, *order), [size[d - 1] for d in order], mode).permute(*back).contiguous()
     x = t.unsqueeze(0)
     if mode == "nearest":
         return F.interpolate(x.float(), size=size, mode="nearest-exact").squeeze(0).to(t.dtype)
@@ -61,21 +73,71 @@ def pad_to_multiple(t: torch.Tensor, divisor: int, minimum: tuple[int, ...] | No
     return (F.pad(t, pads) if any(pads) else t), back
 
 
+def _linear_taps(lo: int, hi: int, n_full: int, n_coarse: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For full voxels ``lo..hi-1`` of an axis: the two coarse neighbours and the weight of the second
+    (align_corners=False, clamped at the borders: what ``F.interpolate(mode="trilinear")`` does)."""
+    idx = torch.arange(lo, hi, device=device, dtype=torch.float64)
+    src = ((idx + 0.5) * (n_coarse / n_full) - 0.5).clamp(0, n_coarse - 1)
+    i0 = src.floor().long()
+    i1 = (i0 + 1).clamp(max=n_coarse - 1)
+    return i0, i1, (src - i0).float()
+
+
 def sample_region(coarse: torch.Tensor, full_shape, box: "BoundingBox") -> torch.Tensor:
     """Trilinearly sample a coarse map ``[C, x, y, z]`` (covering the whole full-resolution extent)
-    at the full-resolution voxels inside ``box``, without building the full-resolution volume."""
-    coords = []
-    for axis, (n_full, n_coarse) in enumerate(zip(full_shape, coarse.shape[1:])):
-        idx = torch.arange(box.lo[axis], box.hi[axis], device=coarse.device, dtype=torch.float32)
-        # Continuous coarse index of a full voxel centre (align_corners=False convention),
-        # expressed in grid_sample's normalised [-1, 1] coordinates.
-        coords.append(((idx + 0.5) / n_full) * 2.0 - 1.0)
-        del n_coarse
-    gx, gy, gz = torch.meshgrid(*coords, indexing="ij")
-    # grid_sample on a 5D input [N, C, D, H, W] takes (w, h, d) = (z, y, x) coordinates last.
-    grid = torch.stack((gz, gy, gx), dim=-1).unsqueeze(0)
-    out = F.grid_sample(coarse.unsqueeze(0).float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.squeeze(0)
+    at the full-resolution voxels inside ``box``, without building the full-resolution volume.
+
+    Trilinear interpolation is separable: one 1-D linear pass per axis (two gathers and a lerp), the
+    largest of them only over the box's voxels; no coordinate grid is built."""
+    out = coarse.float()
+    for axis in (3, 2, 1):  # z first: the last pass (x) is the only one of the box's full size
+        n_full, n_coarse = int(full_shape[axis - 1]), out.shape[axis]
+        i0, i1, w = _linear_taps(box.lo[axis - 1], box.hi[axis - 1], n_full, n_coarse, out.device)
+        view = [1, 1, 1, 1]
+        view[axis] = -1
+        out = torch.lerp(out.index_select(axis, i0), out.index_select(axis, i1), w.view(view))
+    return out
+
+
+def upsample_above(coarse: torch.Tensor, size, threshold: float) -> tuple[torch.Tensor, list["BoundingBox"]]:
+    """Trilinear ``resample(coarse, size)`` (no axis shrinks), evaluated only where it can exceed
+    ``threshold``; 0 elsewhere.
+
+    A trilinear value is a convex mix of its coarse neighbours, so it exceeds the threshold only next
+    to a coarse voxel that does: each group of those (dilated by one coarse voxel) is upsampled inside
+    its own full-resolution box.  Returns the map and the boxes (everything above the threshold lies
+    in them); the work grows with the regions above the threshold, not with the whole extent."""
+    size = tuple(int(s) for s in size)
+    above = (coarse[0] > threshold).cpu().numpy()
+    out = torch.zeros((coarse.shape[0], *size), dtype=torch.float32, device=coarse.device)
+    if not above.any():
+        return out, []
+    groups, _ = ndimage.label(ndimage.binary_dilation(above, np.ones((3, 3, 3), bool)))
+    # i0 of every full voxel per axis: a full voxel may exceed the threshold only if its i0 is in a group's box
+    first = [_linear_taps(0, n, n, c, "cpu")[0].numpy() for n, c in zip(size, coarse.shape[1:])]
+    boxes = []
+    for sl in ndimage.find_objects(groups):
+        lo = tuple(int(np.searchsorted(f, s.start, "left")) for f, s in zip(first, sl))
+        hi = tuple(int(np.searchsorted(f, s.stop, "left")) for f, s in zip(first, sl))
+        box = BoundingBox(lo, hi)
+        if all(h > l for l, h in zip(lo, hi)):
+            out[(slice(None),) + box.slices] = sample_region(coarse, size, box)
+            boxes.append(box)
+    return out, boxes
+
+
+def dilate_box(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of a 3-D bool mask by a ``(2r+1)^3`` cube (what a cubic max-pool gives), as
+    shifted ORs along each axis in turn: a few byte-wide passes instead of a max over 125 neighbours."""
+    x = mask
+    for axis in range(3):
+        out = x.clone()
+        n = x.shape[axis]
+        for s in range(1, min(radius, n - 1) + 1):
+            out.narrow(axis, s, n - s).logical_or_(x.narrow(axis, 0, n - s))
+            out.narrow(axis, 0, n - s).logical_or_(x.narrow(axis, s, n - s))
+        x = out
+    return x
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ Usage::
     python -m radcascade.sample_data --out sample-data/abdomen --labelled 8 --unlabelled 4
     python -m radcascade.sample_data --out /tmp/ct --labelled 2 --shape 512 512 200 --spacing 0.8 0.8 2.5
     python -m radcascade.sample_data --out /tmp/hard --labelled 20 --family matched
+    python -m radcascade.sample_data --out /tmp/big --labelled 1 --unlabelled 0 --shape 512 512 200 \
+        --spacing 0.5 0.5 1.28 --organ-scale 1.3 --lesions 20 24
 """
 
 from __future__ import annotations
@@ -119,9 +121,13 @@ def generate_study(
     max_lesions: int = 5,
     noise_hu: tuple[float, float] = STANDARD_NOISE_HU,
     family: str = "default",
+    organ_scale: float = 1.0,
+    min_lesions: int = 0,
 ) -> Study:
     """Generate one study deterministically from ``seed`` (``noise_hu``: range of the noise std; the
-    anatomy and lesions do not depend on it; ``family``: one of :data:`FAMILIES`)."""
+    anatomy and lesions do not depend on it; ``family``: one of :data:`FAMILIES`; ``organ_scale``
+    multiplies the organ's semi-axes (about ``organ_scale**3`` times the volume, within the body);
+    between ``min_lesions`` and ``max_lesions`` lesions are drawn)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown lesion family '{family}' (one of {FAMILIES})")
     rng = np.random.default_rng(seed)
@@ -180,7 +186,7 @@ def generate_study(
 
     # The organ: a deformed ellipsoid on the patient's right (negative x), upper abdomen.
     oc = np.array([rng.uniform(-75, -45), rng.uniform(-20, 15), rng.uniform(0.0, 0.35) * half_z])
-    semi = np.array([rng.uniform(60, 85), rng.uniform(50, 70), rng.uniform(45, 70)])
+    semi = np.array([rng.uniform(60, 85), rng.uniform(50, 70), rng.uniform(45, 70)]) * organ_scale
     semi[2] = min(semi[2], half_z * 0.9)
     dx, dy, dz = x - oc[0], y - oc[1], z - oc[2]
     r_ell = np.sqrt((dx / semi[0]) ** 2 + (dy / semi[1]) ** 2 + (dz / semi[2]) ** 2)
@@ -199,7 +205,7 @@ def generate_study(
     # Lesions inside the organ.
     lesions: list[LesionSpec] = []
     matched: list[tuple[np.ndarray, float, float]] = []  # family "matched": (mask, level, spread) per lesion
-    n_lesions = int(rng.integers(0, max_lesions + 1))
+    n_lesions = int(rng.integers(min(min_lesions, max_lesions), max_lesions + 1))
     inside = ndimage.distance_transform_edt(organ, sampling=spacing)
     for _ in range(n_lesions):
         cls = int(rng.integers(0, 2))
@@ -327,20 +333,25 @@ def generate_datastore(
     lesion_free: frozenset[int] = frozenset(),
     low_dose: frozenset[int] = frozenset(),
     family: str = "default",
+    organ_scale: float = 1.0,
+    lesions: tuple[int, int] = (0, 5),
 ) -> list[Study]:
     """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
 
     Studies whose index is in ``lesion_free`` get the same anatomy as they would otherwise, without
     lesions (a screening worklist is mostly normal studies); those in ``low_dose`` the same anatomy
-    and lesions with low-dose noise (:data:`LOW_DOSE_NOISE_HU`)."""
+    and lesions with low-dose noise (:data:`LOW_DOSE_NOISE_HU`).  ``organ_scale`` and ``lesions`` (the
+    (min, max) lesion count of a study) make e.g. a large organ with many lesions (see
+    :func:`generate_study`)."""
     contract = contract or LabelContract()
     out = Path(out)
     (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).generate_state(labelled + unlabelled)
     studies, manifest = [], {}
     for i, s in enumerate(seeds):
-        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else 5,
-                               noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU, family=family)
+        study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else lesions[1],
+                               noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU, family=family,
+                               organ_scale=organ_scale, min_lesions=lesions[0])
         write_study(study, out, with_label=i < labelled, contract=contract)
         manifest[study.name] = {
             "labelled": i < labelled,
@@ -355,6 +366,8 @@ def generate_datastore(
     head = {"seed": seed, "shape": list(shape), "spacing": list(spacing)}
     if family != "default":  # the default family's manifest stays byte-identical
         head["family"] = family
+    if organ_scale != 1.0 or tuple(lesions) != (0, 5):
+        head.update(organ_scale=organ_scale, lesions=list(lesions))
     write_text_atomic(out / "truth.json", json.dumps({**head, "studies": manifest}, indent=1))
     return studies
 
@@ -369,9 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=DEFAULT_SPACING)
     p.add_argument("--prefix", default="study")
     p.add_argument("--family", default="default", choices=FAMILIES)
+    p.add_argument("--organ-scale", type=float, default=1.0, help="organ semi-axes x this (1.26: about twice the volume)")
+    p.add_argument("--lesions", type=int, nargs=2, default=(0, 5), metavar=("MIN", "MAX"), help="lesions per study")
     a = p.parse_args(argv)
     studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix,
-                                 family=a.family)
+                                 family=a.family, organ_scale=a.organ_scale, lesions=tuple(a.lesions))
     n_les = sum(len(s.lesions) for s in studies)
     print(f"wrote {len(studies)} studies ({a.labelled} labelled) with {n_les} lesions to {a.out}")
 

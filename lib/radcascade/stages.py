@@ -13,13 +13,13 @@ nothing is written to or read from disk between stages.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
@@ -28,11 +28,13 @@ from radcascade.labels import LabelContract
 from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
     BoundingBox,
-    normalize_hu,
+    dilate_box,
+    normalized_on_grid,
     pad_to_multiple,
     resample,
     sample_region,
     shape_at_spacing,
+    upsample_above,
 )
 
 # Default spacings (mm) the stages are trained at; a checkpoint records its own.
@@ -41,6 +43,13 @@ LESION_SPACING = (2.5, 2.5, 4.0)
 LESION_MARGIN_MM = 12.0
 LESION_ROI = (96, 96, 48)
 LESION_OVERLAP = 0.25
+# A lesion model file may carry its test-time mirroring and probability threshold, chosen on validation.
+MIRROR_AXES_KEY = "mirror_axes"
+THRESHOLD_KEY = "lesion_threshold"
+MARGIN_KEY = "lesion_margin_mm"
+# Test-time mirroring the trainer publishes with a lesion model: along z, chosen on the validation
+# studies of radcascade.lesion_quality (2 passes; see docs/benchmarks.md, lesion quality).
+LESION_MIRROR_AXES = (2,)
 MIN_ORGAN_MEAN_HU = -300.0
 
 
@@ -80,7 +89,7 @@ class StageSpec:
     def prepare(self, image: torch.Tensor, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
         """``[1, X, Y, Z]`` HU -> the network's input over ``box``: windowed, resampled to the grid."""
         grid = shape_at_spacing(box.shape, spacing, grid_spacing or self.spacing)
-        return resample(normalize_hu(image[(slice(None),) + box.slices]), grid)
+        return normalized_on_grid(image[(slice(None),) + box.slices], grid)
 
     def prepare_target(self, mask: np.ndarray, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
         """A full-resolution binary mask -> ``[1, ...]`` uint8 on the stage's grid over ``box``."""
@@ -146,7 +155,7 @@ class LesionResult:
 
     box: BoundingBox  # crop in full-resolution voxel indices
     mask: torch.Tensor  # bool, crop shape
-    probability: torch.Tensor  # float, crop shape
+    probability: torch.Tensor  # float, crop shape; where it is <= the threshold it may read 0 (see LesionStage)
     latency_s: float
 
 
@@ -190,7 +199,8 @@ class OrganStage:
         mask = full[local.slices].contiguous()
         # An organ is soft tissue: a "mask" over air (e.g. an empty or non-CT volume, where instance
         # normalisation makes the network see patterns in nothing) is no organ.
-        if float(image[0][tight.slices][mask].float().mean()) < MIN_ORGAN_MEAN_HU:
+        inside = torch.where(mask, image[0][tight.slices], 0).sum(dtype=torch.float64)  # no gather of the voxels
+        if float(inside) / max(1, int(mask.sum())) < MIN_ORGAN_MEAN_HU:
             synchronize(image.device)
             return OrganResult(None, None, time.perf_counter() - t0)
         synchronize(image.device)
@@ -215,19 +225,54 @@ class LesionStage:
         sw_batch_size: int = 2,
         overlap: float = LESION_OVERLAP,
         amp: bool = True,
+        mirror_axes: tuple[int, ...] | None = None,
+        threshold: float | None = None,
+        margin_mm: float | None = None,
     ):
         self.model = model
         self.roi_size = tuple(roi_size)
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
         self.amp = amp
+        # Test-time mirroring (probabilities averaged over the flips of these voxel axes, 2^k passes),
+        # the probability threshold and the crop margin: None = the model file's choice (chosen on
+        # validation, see radcascade.lesion_quality), else none / 0.5 / the spec's margin.
+        self.mirror_axes = mirror_axes
+        self.threshold = threshold
+        self.margin_mm = margin_mm
+
+    def settings(self, loaded: LoadedModel | None) -> tuple[tuple[int, ...], float, float]:
+        """Mirror axes, threshold and crop margin in force: this stage's, else the model file's, else
+        none / 0.5 / the spec's margin."""
+        summary = loaded.checkpoint.summary if loaded is not None else {}
+        axes = self.mirror_axes if self.mirror_axes is not None else tuple(summary.get(MIRROR_AXES_KEY) or ())
+        threshold = self.threshold if self.threshold is not None else summary.get(THRESHOLD_KEY)
+        margin = self.margin_mm if self.margin_mm is not None else summary.get(MARGIN_KEY)
+        return (tuple(int(a) for a in axes), float(0.5 if threshold is None else threshold),
+                float(self.spec.margin_mm if margin is None else margin))
+
+    def probability(self, network: torch.nn.Module, x: torch.Tensor, roi, mirror_axes=()) -> torch.Tensor:
+        """Lesion probability ``[1, ...]`` of a prepared input ``[1, ...]``, averaged over the mirrored
+        copies along ``mirror_axes`` (nnU-Net's test-time mirroring; none: one pass)."""
+        flips = [f for r in range(len(mirror_axes) + 1) for f in itertools.combinations(mirror_axes, r)]
+        total = None
+        for f in flips:
+            dims = [a + 2 for a in f]  # [N, C, X, Y, Z]
+            xi = x.unsqueeze(0).flip(dims) if f else x.unsqueeze(0)
+            with autocast_for(x.device, self.amp):
+                logits = window_logits(network, xi, roi, self.sw_batch_size, self.overlap)
+            p = torch.softmax(logits.float(), dim=1)[:, 1:2]
+            p = p.flip(dims) if f else p
+            total = p if total is None else total + p
+        return (total / len(flips))[0]
 
     def window(self, fine_shape, divisor: int) -> tuple[int, ...]:
         """Sliding-window size: the configured ROI, shrunk to a small crop (a multiple of ``divisor``)."""
         return tuple(min(r, int(np.ceil(n / divisor) * divisor)) for r, n in zip(self.roi_size, fine_shape))
 
     def crop_box(self, organ_box: BoundingBox, spacing, shape) -> BoundingBox:
-        return self.spec.region(shape, spacing, organ_box)
+        margin_mm = self.settings(self.model.get())[2]
+        return self.spec.region(shape, spacing, organ_box, margin_scale=margin_mm / self.spec.margin_mm)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, spacing, organ: OrganResult) -> LesionResult:
@@ -237,15 +282,25 @@ class LesionStage:
         x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing)
         fine_shape = tuple(x.shape[1:])
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
-        with autocast_for(image.device, self.amp):
-            logits = window_logits(loaded.network, x.unsqueeze(0), roi, self.sw_batch_size, self.overlap)[0]
-        prob_fine = torch.softmax(logits.float(), dim=0)[1:2]
-        prob = resample(prob_fine, box.shape)[0]
+        mirror_axes, threshold, _ = self.settings(loaded)
+        prob_fine = self.probability(loaded.network, x, roi, mirror_axes)
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
         organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
         offset = tuple(o - b for o, b in zip(organ.box.lo, box.lo))
         organ_in_crop[tuple(slice(o, o + n) for o, n in zip(offset, organ.box.shape))] = organ.mask
-        near_organ = F.max_pool3d(organ_in_crop[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0
-        mask = (prob > 0.5) & near_organ
+        if tuple(box.shape) != fine_shape and all(b >= f for b, f in zip(box.shape, fine_shape)):
+            # A native grid finer than the stage's (the usual CT): the probability is brought back only
+            # where it can exceed the threshold, and the mask is decided there; elsewhere it is 0 (no
+            # lesion either way).
+            prob, boxes = upsample_above(prob_fine, box.shape, threshold)
+            prob = prob[0]
+            mask = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
+            for b in boxes:
+                pad = b.expanded((2, 2, 2), box.shape)
+                inner = tuple(slice(l - p, h - p) for l, h, p in zip(b.lo, b.hi, pad.lo))
+                mask[b.slices] = (prob[b.slices] > threshold) & dilate_box(organ_in_crop[pad.slices], 2)[inner]
+        else:
+            prob = resample(prob_fine, box.shape)[0]
+            mask = (prob > threshold) & dilate_box(organ_in_crop, 2)
         synchronize(image.device)
         return LesionResult(box, mask, prob, time.perf_counter() - t0)

@@ -45,7 +45,7 @@ from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec
 from radcascade.tracking import tracker_for
 from radcascade.preprocessing import BoundingBox
-from radcascade.stages import STAGE_SPECS, StageSpec, autocast_for, default_device
+from radcascade.stages import LESION_MIRROR_AXES, MIRROR_AXES_KEY, STAGE_SPECS, StageSpec, autocast_for, default_device
 from radcascade.volumes import Volume, load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
@@ -274,15 +274,17 @@ class Trainer:
         """The smallest lesion kept, chosen on the validation studies with the best network (then the
         reported Dice is re-measured with it: what is published is what was validated).  Without
         validation studies the published model's earlier choice is kept."""
+        mirror = {MIRROR_AXES_KEY: list(LESION_MIRROR_AXES)}  # the recipe's test-time mirroring, served with it
         if not val:
             try:
                 previous = read_checkpoint(self.model_path).summary.get(MIN_LESION_ML_KEY) if result.warm_started else None
             except CheckpointError:
                 previous = None
-            return {MIN_LESION_ML_KEY: previous} if previous is not None else {}
-        cascade = self._served(net)
+            return {**mirror, MIN_LESION_ML_KEY: previous} if previous is not None else mirror
+        cascade = self._served(net, mirror)
         choice = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
-        post = {MIN_LESION_ML_KEY: choice.chosen_ml, "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}}
+        post = {**mirror, MIN_LESION_ML_KEY: choice.chosen_ml,
+                "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}}
         result.best_metric = round(self._validate(net, val, post), 5)
         self.progress(f"[{self.cfg.stage}] smallest lesion kept: {choice.chosen_ml} ml (chosen on validation); "
                       f"served validation Dice {result.best_metric}")

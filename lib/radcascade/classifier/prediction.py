@@ -59,10 +59,12 @@ class LesionRegion:
     offset: tuple[int, int, int]
 
 
-def lesion_regions(components: np.ndarray, ids: Sequence[int], spacing, offset=(0, 0, 0)) -> list[LesionRegion]:
+def lesion_regions(components: np.ndarray, ids: Sequence[int], spacing, offset=(0, 0, 0),
+                   objects=None) -> list[LesionRegion]:
     """The regions of the connected components ``ids`` of a labelled array (``scipy.ndimage.label``)
-    whose first voxel sits at ``offset`` in the volume (e.g. the lesion stage's crop box)."""
-    objects = ndimage.find_objects(components)
+    whose first voxel sits at ``offset`` in the volume (e.g. the lesion stage's crop box);
+    ``objects``: its ``ndimage.find_objects``, when the caller has them already."""
+    objects = ndimage.find_objects(components) if objects is None else objects
     out = []
     for comp in ids:
         sl = objects[comp - 1]

@@ -21,6 +21,10 @@ SAMPLE_SIZE = (DEFAULT_SHAPE, DEFAULT_SPACING)  # 128x128x48 @ 2.5x2.5x4 mm
 CT_SIZE = ((512, 512, 200), (0.8, 0.8, 2.5))  # a typical abdominal CT
 SAMPLE_LABEL = "sample 128x128x48 @2.5x2.5x4mm"
 CT_LABEL = "CT 512x512x200 @0.8x0.8x2.5mm"
+# A real-sized organ on a fine CT: ~2 litres, 20-24 generated lesions (radcascade.sample_data).
+LARGE_CT_SIZE = ((512, 512, 200), (0.5, 0.5, 1.28))
+LARGE_CT_ORGAN = {"organ_scale": 1.45, "lesions": (20, 24)}
+LARGE_CT_LABEL = "large-organ CT 512x512x200 @0.5x0.5x1.28mm"
 
 # Per-stage latencies our /infer/cascade result JSON reports (seconds).
 STAGES = ("load", "organ", "lesion", "postprocess", "classifier", "write", "total")

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from radcascade.cascade import Cascade, CascadeResult, organ_from_label
+from radcascade.cascade import Cascade, CascadeResult, new_label, organ_from_label
 from radcascade.labels import ORGAN_VALUE
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.serving.options import parse_bool
@@ -295,7 +295,7 @@ class OrganInferTask(_CascadeTask):
         with as_http_errors():
             image = torch.from_numpy(volume.array).to(self.cascade.device).unsqueeze(0)
             organ = self.cascade.organ_stage(image, volume.spacing)
-        label = np.zeros(volume.shape, dtype=np.uint8)
+        label = new_label(volume.shape)
         if organ.found:
             label[organ.box.slices][organ.mask.cpu().numpy()] = ORGAN_VALUE
         voxel_ml = float(np.prod(volume.spacing)) / 1000.0
