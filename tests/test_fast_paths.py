@@ -209,7 +209,7 @@ def test_cascade_on_a_fine_ct_gives_the_label_of_the_full_resolution_path(stages
     components, n = ndimage.label(mask.numpy())
     sizes = ndimage.sum_labels(mask.numpy(), components, np.arange(1, n + 1))
     kept = [k + 1 for k in np.argsort(-sizes) if sizes[k] * np.prod(volume.spacing) / 1000 >= cascade.lesion_min_ml()]
-    assert len(kept) >= 5 and [f.voxels for f in result.lesions] == [int(sizes[k - 1]) for k in kept]
+    assert len(kept) >= 3 and [f.voxels for f in result.lesions] == [int(sizes[k - 1]) for k in kept]
     expected = np.zeros(volume.shape, np.uint8)
     expected[organ.box.slices][organ.mask.numpy()] = 1
     lesions_at = np.zeros(volume.shape, bool)

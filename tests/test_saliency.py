@@ -74,3 +74,13 @@ def test_saliency_volume_keeps_its_contract_and_leaves_the_network_clean(trained
     assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in net.modules()) == hooks_before
     with pytest.raises(SaliencyUnavailable, match="radiomics"):
         saliency_volume(RadiomicsNet(5, 2), vol, (1.0, 1.0, 3.0), [geom], [1], PatchConfig(size=S, views=1), tuple)
+
+
+def test_gradcam_explains_either_class(trained):
+    """Each class gets a map with some positive evidence: scored on the class's log-probability, not
+    its logit, a class whose head weights are mostly negative does not come out all zero."""
+    test = _rim_samples(n_studies=2, per_study=2, seed=2)
+    patches = torch.stack([s.patches[0] for s, _ in test])
+    for cls in (0, 1):
+        cams = grad_cam(trained.net, patches, [cls] * len(test)).numpy()
+        assert all(cam.max() == pytest.approx(1.0) for cam in cams), f"class {cls}: an all-zero map"

@@ -3,7 +3,10 @@ computed with MONAI's own implementations in ``monai.visualize``:
 
 * ``gradcam`` -- :class:`monai.visualize.GradCAM` of the predicted class on the deepest block whose
   output still has at least 4x4 cells for the patch (at 64 px the top block is 2x2: too coarse to
-  say which part of a lesion mattered);
+  say which part of a lesion mattered).  The class score is its log-probability, not its logit:
+  its gradient is the evidence for that class *against the others*.  On a logit, a class whose
+  head weights are mostly negative (with two classes, often the first) gets a map that is zero
+  everywhere after Grad-CAM's ReLU, i.e. no explanation at all;
 * ``occlusion`` -- :class:`monai.visualize.OcclusionSensitivity`: how much the predicted class's
   probability drops when a square of an eighth of the patch is occluded around each pixel (the
   seed's occlusion maps; a quarter of the patch smears a rim-sized cue over the organ around it).
@@ -70,13 +73,25 @@ def _normalise(maps: torch.Tensor) -> torch.Tensor:
     return maps / maps.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1)
 
 
+class _LogProbabilities(torch.nn.Module):
+    """The classifier with log-softmax on top (Grad-CAM's class score; see the module docstring)."""
+
+    def __init__(self, net: LesionClassifierNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.net(x).float(), dim=1)
+
+
 def grad_cam(net: LesionClassifierNet, patches: torch.Tensor, classes: list[int]) -> torch.Tensor:
     """Grad-CAM maps ``[N, S, S]`` in [0, 1] (monai.visualize.GradCAM) for ``patches [N, 3, S, S]``."""
     from monai.visualize import GradCAM
 
     _check(net)
     net = copy.deepcopy(net).eval()  # MONAI's hooks stay on the module: keep them off the served network
-    cam = GradCAM(net, target_layers=_layer_name(net, patches.shape[-1]), postprocessing=lambda x: x)
+    layer = _layer_name(net, patches.shape[-1])
+    cam = GradCAM(_LogProbabilities(net).eval(), target_layers=f"net.{layer}", postprocessing=lambda x: x)
     out = torch.zeros(patches.shape[0], *patches.shape[-2:])
     cls = torch.as_tensor(classes)
     with torch.enable_grad():
