@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pydicom
 import requests
@@ -108,11 +108,3 @@ def _with_timeout(request, timeout_s: float):
         return request(method, url, **kwargs)
     return call
 
-
-def newest(refs: Iterable[SeriesRef]) -> SeriesRef | None:
-    """The most recent series by date and time (ties: the last listed)."""
-    best = None
-    for ref in refs:
-        if best is None or (ref.date, ref.time) >= (best.date, best.time):
-            best = ref
-    return best

@@ -119,7 +119,7 @@ def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: i
     views = x.shape[1]
     x = x.reshape(-1, *x.shape[2:])  # every view is a training image
     y = y.repeat_interleave(views)
-    weights = _class_weights(y.tolist(), n_classes)
+    weights = _class_weights(y.tolist(), n_classes).to(device)
     per_rank = cfg.batch_size
     per_global = per_rank * world
     best_score, best_state, best_epoch, stale = -1.0, None, 0, 0
@@ -133,12 +133,11 @@ def train_network(net: LesionClassifierNet, depth: int, train, val, n_classes: i
             if len(idx) < 2:
                 continue
             xb = _augment(x[idx], gen)  # the whole global batch: the same draws as one process
-            yb = y[idx]
+            yb = y[idx].to(device)
             mine = slice(rank * per_rank, (rank + 1) * per_rank) if world > 1 else slice(None)
-            per_view = F.cross_entropy(model(xb[mine].to(device)), yb[mine].to(device), reduction="none")
-            w = weights.to(device)
+            per_view = F.cross_entropy(model(xb[mine].to(device)), yb[mine], reduction="none")
             # weighted mean over the global batch; x world: DDP averages the ranks' gradients
-            loss = (w[yb[mine].to(device)] * per_view).sum() / w[yb.to(device)].sum() * world
+            loss = (weights[yb[mine]] * per_view).sum() / weights[yb].sum() * world
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -79,8 +79,6 @@ class ArchiveCopy:
 class ArchiveDatastore(ValidatingDatastore):
     """A DICOMweb archive, mirrored into a local validating datastore (see the module docstring)."""
 
-    accepts_dicom_seg = True  # Submit may send a DICOM SEG of the series instead of a label map
-
     def __init__(self, url: str, contract: LabelContract, cache_dir: str | Path | None = None,
                  archive: DicomWebArchive | None = None, sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S, **kwargs):
         self.url = url.rstrip("/")
@@ -158,19 +156,21 @@ class ArchiveDatastore(ValidatingDatastore):
     def _fetch_labels(self, seg_refs: list[SeriesRef]) -> None:
         """Index SEG series (once each), then make each study's newest person-made SEG its label."""
         index = self._seg_index()
+        indexed_before = len(index)
+        fetched: Dict[str, pydicom.Dataset] = {}  # SEGs read while indexing: not fetched a second time below
         for ref in seg_refs:
             if ref.series_uid in index:
                 continue
             entry = {"referenced": None, "training": False, "sop": None, "when": f"{ref.date}{ref.time}"}
             try:
-                instances = self.archive.retrieve_series(ref)
-                seg = instances[0]
+                seg = fetched[ref.series_uid] = self.archive.retrieve_series(ref)[0]
                 entry.update(referenced=referenced_series(seg), training=is_training_label(seg),
                              sop=str(seg.SOPInstanceUID), when=f"{getattr(seg, 'SeriesDate', '')}{getattr(seg, 'SeriesTime', '')}")
             except (ArchiveError, IndexError, AttributeError) as e:
                 entry["error"] = str(e)
             index[ref.series_uid] = entry
-        write_text_atomic(self._seg_index_path, json.dumps(index, indent=1))
+        if len(index) > indexed_before:  # only when new SEG series were indexed
+            write_text_atomic(self._seg_index_path, json.dumps(index, indent=1))
         newest: Dict[str, tuple[str, str]] = {}
         for seg_series, entry in index.items():
             study = entry.get("referenced")
@@ -185,7 +185,7 @@ class ArchiveDatastore(ValidatingDatastore):
             if seg_series not in refs:
                 continue
             try:
-                seg = self.archive.retrieve_series(refs[seg_series])[0]
+                seg = fetched.get(seg_series) or self.archive.retrieve_series(refs[seg_series])[0]
                 values = seg_to_label(seg, self.series(study), self.contract)
             except (ArchiveError, DicomSegError) as e:
                 logger.warning("SEG %s not used as the label of %s: %s", seg_series, study, e)

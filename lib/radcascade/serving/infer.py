@@ -26,6 +26,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from radcascade.cascade import Cascade, CascadeResult, new_label, organ_from_label
 from radcascade.labels import ORGAN_VALUE
+from radcascade.serving.archive import ArchiveDatastore
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.serving.options import parse_bool
 from radcascade.serving.reports import ReportStore
@@ -211,7 +212,7 @@ class CascadeInferTask(_CascadeTask):
 
     def _archive(self):
         store = self.datastore() if self.datastore is not None else None
-        return store if hasattr(store, "store_result") else None
+        return store if isinstance(store, ArchiveDatastore) else None
 
     def __call__(self, request) -> Tuple[str, Dict]:
         t0 = time.perf_counter()

@@ -50,6 +50,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount, Route
 
+from radcascade.serving.archive import DICOM_SUFFIXES, ArchiveDatastore
 from radcascade.serving.datastore import check_id
 from radcascade.serving.errors import as_http_errors, client_error
 from radcascade.serving.guards import (
@@ -291,7 +292,7 @@ class ServedRoutes:
             size = read_geometry(image_path).size
         with request_folder() as folder:
             store = self._datastore()
-            if getattr(store, "accepts_dicom_seg", False) and (label.filename or "").lower().endswith((".dcm", ".dicom")):
+            if isinstance(store, ArchiveDatastore) and (label.filename or "").lower().endswith(DICOM_SUFFIXES):
                 # a DICOM SEG of the study's series (archive studies); bounded like a one-byte label map
                 received_path = folder.receive_file(label, "label.dcm", math.prod(size) + (1 << 24),
                                                     subject=f"label for '{image}'")
@@ -329,7 +330,7 @@ class ServedRoutes:
         if model not in self.instance._infers:
             raise client_error(404, f"unknown model '{model}' (this app serves: {', '.join(self.instance._infers)})")
         options = self._reserved(json_object(params, "params"), INFER_RESERVED, "params")
-        if output == ResultType.dicom_seg and not (image and hasattr(self._datastore(), "result_seg")):
+        if output == ResultType.dicom_seg and not (image and isinstance(self._datastore(), ArchiveDatastore)):
             raise client_error(422, "output=dicom_seg needs a study of a DICOMweb archive (--studies http://.../dicom-web); "
                                     "use image, json or all")
         with request_folder() as folder:
