@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/lesion_quality.py --models name=DIR ...  # compare other model folders
     .venv/bin/python benchmarks/lesion_quality.py --choose-filter 20 --apply-to apps/radcascade/pretrained/lesion.pt
         # choose the smallest lesion kept on 20 validation studies (seed 6000), record it in the model file
+    .venv/bin/python benchmarks/lesion_quality.py --choose-organ-threshold 20 --apply-to apps/radcascade/pretrained/organ.pt
+        # choose the probability the organ is cut at on 20 validation studies, record it in the model file
     .venv/bin/python benchmarks/lesion_quality.py --studies 20 --seed 6000 --mirror-axes 0 1 2 --out /tmp/x
         # a trial setting of the lesion stage on the validation studies (also --threshold, --margin-mm)
 
@@ -30,8 +32,10 @@ from radcascade.lesion_quality import (
     evaluate,
     make_held_out_set,
     markdown_table,
+    organ_threshold_curve,
     record_choice,
     record_lesion_settings,
+    record_organ_threshold,
     summarise,
 )
 
@@ -48,17 +52,38 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/lesion_quality")
     p.add_argument("--choose-filter", type=int, default=0, metavar="N",
                    help="choose the smallest lesion kept on N validation studies instead of evaluating")
-    p.add_argument("--apply-to", type=Path, help="lesion model file to record the choice in")
+    p.add_argument("--choose-organ-threshold", type=int, default=0, metavar="N",
+                   help="choose the organ stage's probability cut on N validation studies instead of evaluating")
+    p.add_argument("--organ-mirror-axes", type=int, nargs="*", default=None, metavar="AXIS",
+                   help="with --choose-organ-threshold: the organ stage's test-time mirroring (recorded with the cut)")
+    p.add_argument("--apply-to", type=Path, help="lesion (or, with --choose-organ-threshold, organ) model file "
+                                                 "to record the choice in")
     p.add_argument("--mirror-axes", type=int, nargs="*", default=None, metavar="AXIS",
                    help="trial: lesion-stage test-time mirroring along these voxel axes (none given: no mirroring)")
     p.add_argument("--threshold", type=float, default=None, help="trial: lesion probability threshold")
     p.add_argument("--margin-mm", type=float, default=None, help="trial: lesion-stage crop margin around the organ")
     p.add_argument("--min-lesion-ml", type=float, default=None, help="trial: smallest lesion kept")
+    p.add_argument("--min-inside-organ", type=float, default=None,
+                   help="trial: share of a lesion that must lie inside the served organ (0: keep all)")
     p.add_argument("--record-to", type=Path, help="lesion model file to record the trial's mirroring, threshold and "
                                                   "margin in (run it on validation studies: --seed 6000)")
     a = p.parse_args()
     trial = {"mirror_axes": None if a.mirror_axes is None else tuple(a.mirror_axes), "threshold": a.threshold,
              "margin_mm": a.margin_mm}
+    if a.choose_organ_threshold:
+        organ = a.apply_to or REPO / "apps/radcascade/pretrained/organ.pt"
+        organ_mirror = None if a.organ_mirror_axes is None else tuple(a.organ_mirror_axes)
+        cascade = Cascade(LabelContract(), organ, organ.parent / "lesion.pt", torch.device("cpu"))
+        with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
+            curve = organ_threshold_curve(cascade, Path(tmp), a.choose_organ_threshold, mirror_axes=organ_mirror)
+        print("| organ cut at probability | organ Dice (pooled) |\n|---|---|")
+        for k, v in curve.items():
+            print(f"| {k} | {v:.4f} |")
+        if a.apply_to:
+            chosen = record_organ_threshold(a.apply_to, curve, f"{a.choose_organ_threshold} validation studies, seed "
+                                                               f"{VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}", organ_mirror)
+            print(f"chosen: {chosen}, recorded in {a.apply_to}")
+        return
     if a.choose_filter:
         folder = a.apply_to.parent if a.apply_to else REPO / "apps/radcascade/pretrained"
         lesion = a.apply_to or folder / "lesion.pt"
@@ -82,7 +107,8 @@ def main() -> None:
             folder = Path(folder)
             classifier = folder / "classifier.pt"
             cascade = Cascade(LabelContract(), folder / "organ.pt", folder / "lesion.pt", torch.device("cpu"),
-                              classifier_model=classifier if classifier.exists() else None, min_lesion_ml=a.min_lesion_ml)
+                              classifier_model=classifier if classifier.exists() else None, min_lesion_ml=a.min_lesion_ml,
+                              min_inside_organ=a.min_inside_organ)
             for k, v in trial.items():
                 if v is not None:
                     setattr(cascade.lesion_stage, k, v)
@@ -91,7 +117,8 @@ def main() -> None:
     table = markdown_table(reports)
     print(table)
     trial_args = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
-                          for k, v in {**trial, "min_lesion_ml": a.min_lesion_ml}.items() if v is not None)
+                          for k, v in {**trial, "min_lesion_ml": a.min_lesion_ml, "min_inside_organ": a.min_inside_organ}.items()
+                          if v is not None)
     meta = {"command": "benchmarks/lesion_quality.py --models " + " ".join(a.models)
             + (f" --studies {a.studies} --seed {a.seed} " if (a.studies, a.seed) != (60, HELD_OUT_SEED) else " ")
             + trial_args,
@@ -103,7 +130,7 @@ def main() -> None:
          "studies": {k: [o.__dict__ for o in v] for k, v in outcomes.items()}}, indent=1, default=str))
     a.out.with_suffix(".md").write_text(f"# Lesion quality on the held-out set\n\n{json.dumps(meta)}\n\n{table}\n")
     if a.record_to:
-        record_lesion_settings(a.record_to, trial, f"{a.studies} studies, seed {a.seed}, {meta['date']}: {meta['command']}")
+        record_lesion_settings(a.record_to, {**trial, "min_inside_organ": a.min_inside_organ, "min_lesion_ml": a.min_lesion_ml}, f"{a.studies} studies, seed {a.seed}, {meta['date']}: {meta['command']}")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,86 @@ def test_lesion_stage_mirroring_and_settings_recorded_in_the_model_file(tmp_path
     assert served.settings(served.model.get()) == ((0, 1), 0.4, 12.0)
     explicit = LesionStage(WarmModel(model, torch.device("cpu")), mirror_axes=(), threshold=0.5, margin_mm=20.0)
     assert explicit.settings(explicit.model.get()) == ((), 0.5, 20.0)
+
+
+def test_inside_fraction_reads_only_the_overlap_of_the_boxes():
+    import numpy as np
+    from scipy import ndimage
+
+    from radcascade.cascade import inside_fraction
+    from radcascade.preprocessing import BoundingBox
+    from radcascade.stages import OrganResult
+
+    organ_mask = np.zeros((20, 20, 10), bool)
+    organ_mask[2:18, 2:18, 1:9] = True
+    organ = OrganResult(BoundingBox((10, 10, 5), (30, 30, 15)), torch.from_numpy(organ_mask), 0.0)
+    crop = BoundingBox((5, 5, 2), (40, 40, 20))  # the lesion stage's crop, in volume coordinates
+    lesions = np.zeros(crop.shape, bool)
+    lesions[10:14, 10:14, 5:9] = True  # volume x 15..18: wholly inside the organ
+    lesions[21:25, 10:14, 5:9] = True  # volume x 26..29: organ mask ends at x 27 -> 2 of 4 slabs inside
+    lesions[30:33, 30:33, 1:3] = True  # outside the organ's box
+    components, n = ndimage.label(lesions)
+    objects = ndimage.find_objects(components)
+    fractions = [inside_fraction(components, c, objects[c - 1], crop, organ) for c in range(1, n + 1)]
+    assert fractions == [1.0, 0.5, 0.0]
+
+
+def test_lesions_outside_the_organ_are_dropped_by_the_model_files_choice(tmp_path):
+    """The served cascade keeps a lesion only when the model file's share of it lies in the organ: with
+    the organ shrunk to exclude part of every found lesion, a strict choice drops them, 0 keeps them."""
+    import shutil
+
+    import numpy as np
+    from scipy import ndimage
+
+    from radcascade.cascade import organ_from_label
+    from radcascade.lesion_quality import record_lesion_settings
+    from radcascade.volumes import load_label_for, load_volume
+
+    folder = make_held_out_set(tmp_path / "s", 2, 5000, low_dose_every=0, lesion_free_every=0)
+    contract = LabelContract()
+    for name in ("keep", "strict"):
+        (tmp_path / name).mkdir()
+        for f in ("organ.pt", "lesion.pt"):
+            shutil.copy(PRETRAINED / f, tmp_path / name / f)
+    record_lesion_settings(tmp_path / "keep" / "lesion.pt", {"min_inside_organ": 0.0}, "test")
+    record_lesion_settings(tmp_path / "strict" / "lesion.pt", {"min_inside_organ": 0.999}, "test")
+    counts = {}
+    for name in ("keep", "strict"):
+        cascade = Cascade(contract, tmp_path / name / "organ.pt", tmp_path / name / "lesion.pt", torch.device("cpu"))
+        assert cascade.lesion_min_inside_organ() == {"keep": 0.0, "strict": 0.999}[name]
+        counts[name] = 0
+        for study in folder.names:
+            volume = load_volume(folder.folder / f"{study}.nii.gz")
+            label = load_label_for(folder.folder / "labels" / "final" / f"{study}.nii.gz", volume)
+            # the organ without the upper half (in z) of every true lesion: found lesions straddle its edge
+            comps, n = ndimage.label(label >= 2)
+            cut = np.zeros(volume.shape, bool)
+            for i, sl in enumerate(ndimage.find_objects(comps), start=1):
+                upper = comps[sl] == i
+                upper[..., : (sl[2].stop - sl[2].start) // 2] = False
+                cut[sl] |= upper
+            organ = label >= 1
+            result = cascade.run(volume, organ=organ_from_label(organ & ~cut, torch.device("cpu")))
+            counts[name] += len(result.lesions)
+    assert counts["keep"] > counts["strict"]
+
+
+def test_organ_stage_mirroring_is_read_from_the_model_file(tmp_path):
+    import shutil
+
+    from radcascade.checkpoints import WarmModel
+    from radcascade.lesion_quality import record_organ_threshold
+    from radcascade.stages import OrganStage
+
+    model = tmp_path / "organ.pt"
+    shutil.copy(PRETRAINED / "organ.pt", model)
+    stage = OrganStage(WarmModel(model, torch.device("cpu")))
+    loaded = stage.model.get()
+    assert stage.mirror_axes_for(loaded) == (2,) and stage.threshold_for(loaded) == 0.3  # the committed choice
+    chosen = record_organ_threshold(model, {0.5: 0.9, 0.4: 0.95, 0.3: 0.95}, "test", mirror_axes=(0, 1))
+    assert chosen == 0.4  # a tie keeps the higher cut
+    again = OrganStage(WarmModel(model, torch.device("cpu")))
+    assert again.mirror_axes_for(again.model.get()) == (0, 1) and again.threshold_for(again.model.get()) == 0.4
+    explicit = OrganStage(WarmModel(model, torch.device("cpu")), threshold=0.5, mirror_axes=())
+    assert explicit.mirror_axes_for(explicit.model.get()) == () and explicit.threshold_for(explicit.model.get()) == 0.5

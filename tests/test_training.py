@@ -6,6 +6,7 @@ import SimpleITK as sitk
 from radcascade.checkpoints import read_checkpoint
 from radcascade.labels import LabelContract
 from radcascade.networks import TINY_UNET
+from radcascade.stages import ORGAN_THRESHOLDS
 from radcascade.training import TrainConfig, Trainer, TrainingCase, cases_from_folder, prepare_case, split_cases
 
 CONTRACT = LabelContract()
@@ -51,6 +52,10 @@ def test_trainer_publishes_best_model_and_stats(tiny_studies, tmp_path):
         assert len(result.train_loss) == 2 and len(result.val_dice) == 2
         ck = read_checkpoint(model)
         assert ck.spec == TINY_UNET and ck.summary["epochs"] == 2
+        if stage == "organ":  # the cut chosen on validation, with the Dice of every candidate
+            curve = {float(k): v for k, v in ck.summary["organ_threshold_curve"].items()}
+            assert sorted(curve) == sorted(ORGAN_THRESHOLDS)
+            assert curve[ck.summary["organ_threshold"]] == max(curve.values()) == result.best_metric
         stats = json.loads(model.with_suffix(".stats.json").read_text())
         assert stats["status"] == "DONE" and stats["best_metric_epoch"] in (1, 2)
         # a second run warm-starts from the published model
@@ -92,3 +97,29 @@ def test_reported_validation_dice_is_the_dice_of_the_served_stage(tiny_studies, 
             inter += int((pred & truth).sum())
             total += int(pred.sum() + truth.sum())
         assert result.best_metric == pytest.approx(2 * inter / total if total else 1.0, abs=1e-5), stage
+
+
+def test_organ_cut_follows_the_model_file(tiny_studies, tmp_path):
+    """A lower organ cut recorded in the model file widens the served organ (a superset of the 0.5 cut)."""
+    from dataclasses import replace
+
+    import torch
+
+    from conftest import PRETRAINED
+    from radcascade.checkpoints import WarmModel, publish_checkpoint
+    from radcascade.stages import ORGAN_THRESHOLD_KEY, OrganStage
+    from radcascade.volumes import load_volume
+
+    ck = read_checkpoint(PRETRAINED / "organ.pt")
+    low = tmp_path / "organ.pt"
+    publish_checkpoint(replace(ck, summary={**ck.summary, ORGAN_THRESHOLD_KEY: 0.1}), low)
+    volume = load_volume(cases_from_folder(tiny_studies.folder)[0].image)
+    image = torch.from_numpy(volume.array).unsqueeze(0)
+    masks = {}
+    for name, stage in {"half": OrganStage(WarmModel(low, torch.device("cpu")), threshold=0.5),
+                        "file": OrganStage(WarmModel(low, torch.device("cpu")))}.items():
+        organ = stage(image, volume.spacing)
+        masks[name] = np.zeros(volume.shape, bool)
+        masks[name][organ.box.slices] = organ.mask.numpy()
+    assert masks["half"].any() and masks["file"].sum() > masks["half"].sum()
+    assert not (masks["half"] & ~masks["file"]).any()

@@ -305,15 +305,72 @@ def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
     publish_checkpoint(replace(ckpt, summary=summary), model_path)
 
 
-def record_lesion_settings(model_path: Path, settings: dict, source: str) -> None:
-    """Write serving settings of the lesion stage chosen on validation (``mirror_axes``, ``threshold``,
-    ``margin_mm``; see :class:`radcascade.stages.LesionStage`) into its model file, atomically."""
+def organ_threshold_curve(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED,
+                          mirror_axes: tuple[int, ...] | None = None) -> dict[float, float]:
+    """Pooled Dice of the served organ stage at each candidate cut (:data:`radcascade.stages.ORGAN_THRESHOLDS`)
+    on generated validation studies (same mix as the held-out set); ``mirror_axes``: the organ stage's
+    test-time mirroring (None: the model file's)."""
+    from radcascade.cascade import served_stage_mask
+    from radcascade.stages import ORGAN_THRESHOLDS
+    from radcascade.volumes import load_label_for, load_volume
+
+    held = make_held_out_set(folder, n_studies, seed)
+    cases = []
+    for name in held.names:
+        volume = load_volume(held.folder / f"{name}.nii.gz")
+        cases.append((volume, load_label_for(held.folder / "labels" / "final" / f"{name}.nii.gz", volume)))
+    curve = {}
+    stage = cascade.organ_stage
+    before = stage.threshold, stage.mirror_axes
+    stage.mirror_axes = mirror_axes
+    try:
+        for t in ORGAN_THRESHOLDS:
+            stage.threshold = t
+            inter = total = 0
+            for volume, label in cases:
+                pred, truth = served_stage_mask(cascade, "organ", volume, label), cascade.contract.organ_mask(label)
+                inter += int(np.logical_and(pred, truth).sum())
+                total += int(pred.sum() + truth.sum())
+            curve[t] = round(2 * inter / total, 5) if total else 1.0
+    finally:
+        stage.threshold, stage.mirror_axes = before
+    return curve
+
+
+def record_organ_threshold(model_path: Path, curve: dict[float, float], source: str,
+                           mirror_axes: tuple[int, ...] | None = None) -> float:
+    """Write the best cut of ``curve`` (and the mirroring it was measured with, when given) into an organ
+    model file (atomically; the weights are unchanged)."""
     from dataclasses import replace
 
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
+    from radcascade.stages import MIRROR_AXES_KEY, ORGAN_THRESHOLD_KEY, pick_organ_threshold
+
+    chosen = pick_organ_threshold(curve)
+    ckpt = read_checkpoint(model_path)
+    summary = {**ckpt.summary, ORGAN_THRESHOLD_KEY: chosen, "organ_threshold_curve": {str(k): v for k, v in curve.items()},
+               "organ_threshold_source": source}
+    if mirror_axes is not None:
+        summary[MIRROR_AXES_KEY] = list(mirror_axes)
+    publish_checkpoint(replace(ckpt, summary=summary), model_path)
+    return chosen
+
+
+def record_lesion_settings(model_path: Path, settings: dict, source: str) -> None:
+    """Write serving settings of the lesion stage chosen on validation (``mirror_axes``, ``threshold``,
+    ``margin_mm``: see :class:`radcascade.stages.LesionStage`; ``min_inside_organ``, ``min_lesion_ml``: see
+    :class:`radcascade.cascade.Cascade`) into its model file, atomically."""
+    from dataclasses import replace
+
+    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
+    from radcascade.cascade import MIN_INSIDE_ORGAN_KEY, MIN_LESION_ML_KEY
     from radcascade.stages import MARGIN_KEY, MIRROR_AXES_KEY, THRESHOLD_KEY
 
-    keys = {"mirror_axes": MIRROR_AXES_KEY, "threshold": THRESHOLD_KEY, "margin_mm": MARGIN_KEY}
+    keys = {"mirror_axes": MIRROR_AXES_KEY, "threshold": THRESHOLD_KEY, "margin_mm": MARGIN_KEY,
+            "min_inside_organ": MIN_INSIDE_ORGAN_KEY, "min_lesion_ml": MIN_LESION_ML_KEY}
     ckpt = read_checkpoint(model_path)
     chosen = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v is not None}
+    if MIN_LESION_ML_KEY in chosen:  # the trainer's earlier choice and its curve no longer apply
+        ckpt = replace(ckpt, summary={k: v for k, v in ckpt.summary.items()
+                                      if k not in ("min_lesion_ml_curve", "min_lesion_ml_source")})
     publish_checkpoint(replace(ckpt, summary={**ckpt.summary, **chosen, "lesion_settings_source": source}), model_path)

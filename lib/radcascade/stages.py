@@ -43,10 +43,24 @@ LESION_SPACING = (2.5, 2.5, 4.0)
 LESION_MARGIN_MM = 12.0
 LESION_ROI = (96, 96, 48)
 LESION_OVERLAP = 0.25
-# A lesion model file may carry its test-time mirroring and probability threshold, chosen on validation.
+# A model file (either stage's) may carry its test-time mirroring, and a lesion model file its probability
+# threshold and crop margin, chosen on validation.
 MIRROR_AXES_KEY = "mirror_axes"
 THRESHOLD_KEY = "lesion_threshold"
 MARGIN_KEY = "lesion_margin_mm"
+# An organ model file may carry the probability threshold its mask is cut at, chosen on validation: a
+# network that is systematically conservative at the organ's border (under-segmenting by about one
+# voxel, as the committed one is) is calibrated by it (see radcascade.training, choose_organ_threshold).
+ORGAN_THRESHOLD_KEY = "organ_threshold"
+ORGAN_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
+# Test-time mirroring the trainer publishes with an organ model: along z (2 passes of a small network on
+# the coarse grid), chosen with the cut on validation studies (docs/benchmarks.md, lesion quality).
+ORGAN_MIRROR_AXES = (2,)
+
+
+def pick_organ_threshold(curve: dict[float, float]) -> float:
+    """The cut with the best validation Dice; a tie keeps the higher (less calibrated) cut."""
+    return max(curve, key=lambda t: (curve[t], t))
 # Test-time mirroring the trainer publishes with a lesion model: along z, chosen on the validation
 # studies of radcascade.lesion_quality (2 passes; see docs/benchmarks.md, lesion quality).
 LESION_MIRROR_AXES = (2,)
@@ -164,22 +178,41 @@ class OrganStage:
 
     spec = ORGAN
 
-    def __init__(self, model: ModelSource, amp: bool = True):
+    def __init__(self, model: ModelSource, amp: bool = True, threshold: float | None = None,
+                 mirror_axes: tuple[int, ...] | None = None):
         self.model = model
         self.amp = amp
+        # None: the model file's choice (chosen on validation), else a 0.5 cut / no mirroring.
+        self.threshold = threshold
+        self.mirror_axes = mirror_axes
+
+    def mirror_axes_for(self, loaded: LoadedModel) -> tuple[int, ...]:
+        """Test-time mirroring in force: this stage's, else the model file's, else none."""
+        axes = self.mirror_axes if self.mirror_axes is not None else loaded.checkpoint.summary.get(MIRROR_AXES_KEY)
+        return tuple(int(a) for a in (axes or ()))
+
+    def threshold_for(self, loaded: LoadedModel) -> float:
+        """Probability the organ mask is cut at: this stage's, else the model file's, else 0.5."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        return float(loaded.checkpoint.summary.get(ORGAN_THRESHOLD_KEY) or 0.5)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, spacing) -> OrganResult:
         t0 = time.perf_counter()
         loaded = _require(self.model, "organ")
+        threshold = self.threshold_for(loaded)
         full_shape = tuple(image.shape[1:])
         x = self.spec.prepare(image, spacing, self.spec.region(full_shape, spacing, None), loaded.checkpoint.spacing)
         coarse_shape = tuple(x.shape[1:])
         x, back = pad_to_multiple(x, loaded.checkpoint.spec.divisor)
-        with autocast_for(image.device, self.amp):
-            logits = loaded.network(x.unsqueeze(0))[0]
-        prob = torch.softmax(logits.float(), dim=0)[1:2][back]  # [1, cx, cy, cz]
-        coarse = largest_component((prob[0] > 0.5).cpu().numpy())
+
+        def forward(xi: torch.Tensor) -> torch.Tensor:
+            with autocast_for(image.device, self.amp):
+                return loaded.network(xi)
+
+        prob = mirrored_probability(forward, x.unsqueeze(0), self.mirror_axes_for(loaded))[0][back]  # [1, cx, cy, cz]
+        coarse = largest_component((prob[0] > threshold).cpu().numpy())
         box_c = BoundingBox.of_mask(coarse)
         if box_c is None:
             synchronize(image.device)
@@ -190,7 +223,7 @@ class OrganStage:
         prob = prob * keep
         factors = [f / c for f, c in zip(full_shape, coarse_shape)]
         box = box_c.expanded((1, 1, 1), coarse_shape).scaled(factors).expanded((0, 0, 0), full_shape)
-        full = sample_region(prob, full_shape, box)[0] > 0.5
+        full = sample_region(prob, full_shape, box)[0] > threshold
         local = BoundingBox.of_mask(full)  # in coordinates of ``box``
         if local is None:
             synchronize(image.device)
@@ -205,6 +238,21 @@ class OrganStage:
             return OrganResult(None, None, time.perf_counter() - t0)
         synchronize(image.device)
         return OrganResult(tight, mask, time.perf_counter() - t0)
+
+
+def mirrored_probability(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                         mirror_axes=()) -> torch.Tensor:
+    """Foreground probability ``[N, 1, X, Y, Z]`` of ``forward`` (a batch ``[N, 1, X, Y, Z]`` -> logits
+    ``[N, C, X, Y, Z]``), averaged over the copies flipped along every subset of the voxel axes
+    ``mirror_axes`` (nnU-Net's test-time mirroring: 2^k passes; none: one pass)."""
+    flips = [f for r in range(len(mirror_axes) + 1) for f in itertools.combinations(tuple(mirror_axes), r)]
+    total = None
+    for f in flips:
+        dims = [a + 2 for a in f]
+        p = torch.softmax(forward(x.flip(dims) if f else x).float(), dim=1)[:, 1:2]
+        p = p.flip(dims) if f else p
+        total = p if total is None else total + p
+    return total / len(flips)
 
 
 def window_logits(network: torch.nn.Module, x: torch.Tensor, roi, sw_batch_size: int = 2,
@@ -254,17 +302,11 @@ class LesionStage:
     def probability(self, network: torch.nn.Module, x: torch.Tensor, roi, mirror_axes=()) -> torch.Tensor:
         """Lesion probability ``[1, ...]`` of a prepared input ``[1, ...]``, averaged over the mirrored
         copies along ``mirror_axes`` (nnU-Net's test-time mirroring; none: one pass)."""
-        flips = [f for r in range(len(mirror_axes) + 1) for f in itertools.combinations(mirror_axes, r)]
-        total = None
-        for f in flips:
-            dims = [a + 2 for a in f]  # [N, C, X, Y, Z]
-            xi = x.unsqueeze(0).flip(dims) if f else x.unsqueeze(0)
+        def forward(xi: torch.Tensor) -> torch.Tensor:
             with autocast_for(x.device, self.amp):
-                logits = window_logits(network, xi, roi, self.sw_batch_size, self.overlap)
-            p = torch.softmax(logits.float(), dim=1)[:, 1:2]
-            p = p.flip(dims) if f else p
-            total = p if total is None else total + p
-        return (total / len(flips))[0]
+                return window_logits(network, xi, roi, self.sw_batch_size, self.overlap)
+
+        return mirrored_probability(forward, x.unsqueeze(0), mirror_axes)[0]
 
     def window(self, fine_shape, divisor: int) -> tuple[int, ...]:
         """Sliding-window size: the configured ROI, shrunk to a small crop (a multiple of ``divisor``)."""

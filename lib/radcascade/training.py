@@ -30,7 +30,13 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
-from radcascade.cascade import MIN_LESION_ML_KEY, Cascade, served_stage_mask
+from radcascade.cascade import (
+    LESION_MIN_INSIDE_ORGAN,
+    MIN_INSIDE_ORGAN_KEY,
+    MIN_LESION_ML_KEY,
+    Cascade,
+    served_stage_mask,
+)
 from radcascade.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -45,7 +51,18 @@ from radcascade.lesion_quality import choose_min_lesion_ml, component_table
 from radcascade.networks import UNetSpec
 from radcascade.tracking import tracker_for
 from radcascade.preprocessing import BoundingBox
-from radcascade.stages import LESION_MIRROR_AXES, MIRROR_AXES_KEY, STAGE_SPECS, StageSpec, autocast_for, default_device
+from radcascade.stages import (
+    LESION_MIRROR_AXES,
+    MIRROR_AXES_KEY,
+    ORGAN_MIRROR_AXES,
+    ORGAN_THRESHOLD_KEY,
+    ORGAN_THRESHOLDS,
+    STAGE_SPECS,
+    StageSpec,
+    autocast_for,
+    default_device,
+    pick_organ_threshold,
+)
 from radcascade.volumes import Volume, load_label_for, load_volume
 
 logger = logging.getLogger(__name__)
@@ -271,19 +288,43 @@ class Trainer:
         return 1.0 if total == 0 else 2 * inter / total
 
     def _choose_postprocessing(self, net: torch.nn.Module, val: list[ValidationCase], result: "TrainResult") -> dict:
-        """The smallest lesion kept, chosen on the validation studies with the best network (then the
-        reported Dice is re-measured with it: what is published is what was validated).  Without
-        validation studies the published model's earlier choice is kept."""
-        mirror = {MIRROR_AXES_KEY: list(LESION_MIRROR_AXES)}  # the recipe's test-time mirroring, served with it
+        """Serving choices made on the validation studies with the best network, then the reported Dice
+        is re-measured with them (what is published is what was validated): the smallest lesion kept
+        (lesion stage) or the probability the organ is cut at (organ stage).  Without validation
+        studies the published model's earlier choice is kept."""
+        if self.cfg.stage_spec.filters_components:
+            return self._choose_lesion_filter(net, val, result)
+        return self._choose_organ_threshold(net, val, result)
+
+    def _previous_choice(self, key: str, result: "TrainResult"):
+        if not result.warm_started:
+            return None
+        try:
+            return read_checkpoint(self.model_path).summary.get(key)
+        except CheckpointError:
+            return None
+
+    def _choose_organ_threshold(self, net: torch.nn.Module, val: list[ValidationCase], result: "TrainResult") -> dict:
+        mirror = {MIRROR_AXES_KEY: list(ORGAN_MIRROR_AXES)}  # the recipe's test-time mirroring, served with it
         if not val:
-            try:
-                previous = read_checkpoint(self.model_path).summary.get(MIN_LESION_ML_KEY) if result.warm_started else None
-            except CheckpointError:
-                previous = None
-            return {**mirror, MIN_LESION_ML_KEY: previous} if previous is not None else mirror
-        cascade = self._served(net, mirror)
+            previous = self._previous_choice(ORGAN_THRESHOLD_KEY, result)
+            return {**mirror, ORGAN_THRESHOLD_KEY: previous} if previous is not None else mirror
+        curve = {t: round(self._validate(net, val, {**mirror, ORGAN_THRESHOLD_KEY: t}), 5) for t in ORGAN_THRESHOLDS}
+        chosen = pick_organ_threshold(curve)
+        result.best_metric = curve[chosen]
+        self.progress(f"[{self.cfg.stage}] organ cut at probability {chosen} (chosen on validation); "
+                      f"served validation Dice {result.best_metric}")
+        return {**mirror, ORGAN_THRESHOLD_KEY: chosen, "organ_threshold_curve": {str(k): v for k, v in curve.items()}}
+
+    def _choose_lesion_filter(self, net: torch.nn.Module, val: list[ValidationCase], result: "TrainResult") -> dict:
+        # the recipe's test-time mirroring and organ-overlap filter, served with it
+        recipe = {MIRROR_AXES_KEY: list(LESION_MIRROR_AXES), MIN_INSIDE_ORGAN_KEY: LESION_MIN_INSIDE_ORGAN}
+        if not val:
+            previous = self._previous_choice(MIN_LESION_ML_KEY, result)
+            return {**recipe, MIN_LESION_ML_KEY: previous} if previous is not None else recipe
+        cascade = self._served(net, recipe)
         choice = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
-        post = {**mirror, MIN_LESION_ML_KEY: choice.chosen_ml,
+        post = {**recipe, MIN_LESION_ML_KEY: choice.chosen_ml,
                 "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}}
         result.best_metric = round(self._validate(net, val, post), 5)
         self.progress(f"[{self.cfg.stage}] smallest lesion kept: {choice.chosen_ml} ml (chosen on validation); "
@@ -393,7 +434,7 @@ class Trainer:
         if best_state is None:
             best_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         net.load_state_dict(best_state)
-        post = self._choose_postprocessing(net, val, result) if cfg.stage_spec.filters_components else {}
+        post = self._choose_postprocessing(net, val, result)
         summary = {
             **post,
             "stage": cfg.stage,
