@@ -484,6 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--lesion-epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
+                   help="peak learning rate (cosine decay to 5%%); lower it to fine-tune warm-started weights")
     p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -501,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for stage in a.stages:
             epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
-            cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold)
+            cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold,
+                              learning_rate=a.learning_rate)
             Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True), dist=dist).fit(cases)
     finally:
         shutdown()
