@@ -184,10 +184,11 @@ class Cascade:
         findings = [self._finding(i, comp, objects[comp - 1], components, lesion_prob, lesion.box, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
         latencies["postprocess"] = time.perf_counter() - t1
-        provisional = True
         if findings:
             regions = lesion_regions(components, kept, volume.spacing, offset=lesion.box.lo, objects=objects)
             provisional = not self._classify(image[0], volume, findings, latencies, regions)
+        else:  # nothing to classify: classes are provisional only where no trained classifier is loaded
+            provisional = self.classifier_model is None or self.classifier_model.get() is None
         paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)}, objects)
         organ_ml = float(organ_mask.sum()) * voxel_ml
         return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
