@@ -50,7 +50,7 @@ THRESHOLD_KEY = "lesion_threshold"
 MARGIN_KEY = "lesion_margin_mm"
 # An organ model file may carry the probability threshold its mask is cut at, chosen on validation: a
 # network that is systematically conservative at the organ's border (under-segmenting by about one
-# voxel, as the committed one is) is calibrated by it (see radcascade.training, choose_organ_threshold).
+# voxel, as the committed one is) is calibrated by it (chosen by radcascade.training's Trainer and by benchmarks/lesion_quality.py).
 ORGAN_THRESHOLD_KEY = "organ_threshold"
 ORGAN_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
 # Test-time mirroring the trainer publishes with an organ model: along z (2 passes of a small network on
@@ -61,6 +61,8 @@ ORGAN_MIRROR_AXES = (2,)
 def pick_organ_threshold(curve: dict[float, float]) -> float:
     """The cut with the best validation Dice; a tie keeps the higher (less calibrated) cut."""
     return max(curve, key=lambda t: (curve[t], t))
+
+
 # Test-time mirroring the trainer publishes with a lesion model: along z, chosen on the validation
 # studies of radcascade.lesion_quality (2 passes; see docs/benchmarks.md, lesion quality).
 LESION_MIRROR_AXES = (2,)
