@@ -119,11 +119,9 @@ def test_inside_fraction_reads_only_the_overlap_of_the_boxes():
 
     from radcascade.cascade import inside_fraction
     from radcascade.preprocessing import BoundingBox
-    from radcascade.stages import OrganResult
-
     organ_mask = np.zeros((20, 20, 10), bool)
     organ_mask[2:18, 2:18, 1:9] = True
-    organ = OrganResult(BoundingBox((10, 10, 5), (30, 30, 15)), torch.from_numpy(organ_mask), 0.0)
+    organ = BoundingBox((10, 10, 5), (30, 30, 15))
     crop = BoundingBox((5, 5, 2), (40, 40, 20))  # the lesion stage's crop, in volume coordinates
     lesions = np.zeros(crop.shape, bool)
     lesions[10:14, 10:14, 5:9] = True  # volume x 15..18: wholly inside the organ
@@ -131,7 +129,7 @@ def test_inside_fraction_reads_only_the_overlap_of_the_boxes():
     lesions[30:33, 30:33, 1:3] = True  # outside the organ's box
     components, n = ndimage.label(lesions)
     objects = ndimage.find_objects(components)
-    fractions = [inside_fraction(components, c, objects[c - 1], crop, organ) for c in range(1, n + 1)]
+    fractions = [inside_fraction(components, c, objects[c - 1], crop, organ, organ_mask) for c in range(1, n + 1)]
     assert fractions == [1.0, 0.5, 0.0]
 
 

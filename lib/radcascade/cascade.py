@@ -16,6 +16,7 @@ from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE, LabelContract
 from radcascade.patches import LesionGeometry
 from radcascade.preprocessing import BoundingBox
 from radcascade.stages import (
+    STAGE_SPECS,
     LesionStage,
     OrganResult,
     OrganStage,
@@ -180,7 +181,7 @@ class Cascade:
         min_inside = self.lesion_min_inside_organ()
         if min_inside > 0:
             kept = [comp for comp in kept
-                    if inside_fraction(components, comp, objects[comp - 1], lesion.box, organ) >= min_inside]
+                    if inside_fraction(components, comp, objects[comp - 1], lesion.box, organ.box, organ_mask) >= min_inside]
         findings = [self._finding(i, comp, objects[comp - 1], components, lesion_prob, lesion.box, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
         latencies["postprocess"] = time.perf_counter() - t1
@@ -328,19 +329,20 @@ class Cascade:
         return True
 
 
-def inside_fraction(components: np.ndarray, comp: int, sl, crop: BoundingBox, organ: OrganResult) -> float:
-    """Share of component ``comp`` (``sl``: its box in the lesion crop ``crop``) inside the organ mask;
-    only the overlap of the two boxes is read."""
+def inside_fraction(components: np.ndarray, comp: int, sl, crop: BoundingBox, organ_box: BoundingBox,
+                    organ_mask: np.ndarray) -> float:
+    """Share of component ``comp`` (``sl``: its box in the lesion crop ``crop``) inside the organ mask
+    (``organ_mask``: host copy over ``organ_box``); only the overlap of the two boxes is read."""
     region = components[sl] == comp
     lo = [s.start + c for s, c in zip(sl, crop.lo)]  # the component's box in volume coordinates
     hi = [s.stop + c for s, c in zip(sl, crop.lo)]
-    a = [max(l, o) for l, o in zip(lo, organ.box.lo)]
-    b = [min(h, o) for h, o in zip(hi, organ.box.hi)]
+    a = [max(l, o) for l, o in zip(lo, organ_box.lo)]
+    b = [min(h, o) for h, o in zip(hi, organ_box.hi)]
     if any(y <= x for x, y in zip(a, b)):
         return 0.0
     in_region = tuple(slice(x - l, y - l) for x, y, l in zip(a, b, lo))
-    in_organ = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, organ.box.lo))
-    inside = np.count_nonzero(region[in_region] & organ.mask[in_organ].cpu().numpy())
+    in_organ = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, organ_box.lo))
+    inside = np.count_nonzero(region[in_region] & organ_mask[in_organ])
     return inside / max(1, int(np.count_nonzero(region)))
 
 
@@ -369,6 +371,17 @@ def _served_lesions(cascade: Cascade, volume: Volume, label: np.ndarray) -> np.n
 
 
 _SERVED = {"organ": _served_organ, "lesion": _served_lesions}
+
+
+def served_dice_counts(cascade: Cascade, stage: str, cases) -> tuple[int, int]:
+    """(Intersection, sum of both sizes) of the served stage's masks against the truth over ``cases``
+    of ``(volume, contract label)``: the pooled Dice is ``2 * inter / total``."""
+    inter = total = 0
+    for volume, label in cases:
+        pred, truth = served_stage_mask(cascade, stage, volume, label), STAGE_SPECS[stage].target(cascade.contract, label)
+        inter += int(np.logical_and(pred, truth).sum())
+        total += int(pred.sum() + truth.sum())
+    return inter, total
 
 
 def served_stage_mask(cascade: Cascade, stage: str, volume: Volume, label: np.ndarray) -> np.ndarray:

@@ -310,7 +310,7 @@ def organ_threshold_curve(cascade, folder: Path, n_studies: int = 20, seed: int 
     """Pooled Dice of the served organ stage at each candidate cut (:data:`radcascade.stages.ORGAN_THRESHOLDS`)
     on generated validation studies (same mix as the held-out set); ``mirror_axes``: the organ stage's
     test-time mirroring (None: the model file's)."""
-    from radcascade.cascade import served_stage_mask
+    from radcascade.cascade import served_dice_counts
     from radcascade.stages import ORGAN_THRESHOLDS
     from radcascade.volumes import load_label_for, load_volume
 
@@ -326,11 +326,7 @@ def organ_threshold_curve(cascade, folder: Path, n_studies: int = 20, seed: int 
     try:
         for t in ORGAN_THRESHOLDS:
             stage.threshold = t
-            inter = total = 0
-            for volume, label in cases:
-                pred, truth = served_stage_mask(cascade, "organ", volume, label), cascade.contract.organ_mask(label)
-                inter += int(np.logical_and(pred, truth).sum())
-                total += int(pred.sum() + truth.sum())
+            inter, total = served_dice_counts(cascade, "organ", cases)
             curve[t] = round(2 * inter / total, 5) if total else 1.0
     finally:
         stage.threshold, stage.mirror_axes = before

@@ -35,7 +35,7 @@ from radcascade.cascade import (
     MIN_INSIDE_ORGAN_KEY,
     MIN_LESION_ML_KEY,
     Cascade,
-    served_stage_mask,
+    served_dice_counts,
 )
 from radcascade.checkpoints import (
     Checkpoint,
@@ -277,13 +277,8 @@ class Trainer:
     def _validate(self, net: torch.nn.Module, val: list[ValidationCase], summary: dict | None = None) -> float:
         """Pooled Dice over the validation studies of what the *served* stage answers with ``net``
         (distributed: each rank takes its share of the studies, the counts are summed)."""
-        cascade = self._served(net, summary)
-        inter = total = 0
-        for case in val[self.dist.rank::self.dist.world_size]:
-            pred = served_stage_mask(cascade, self.cfg.stage, case.volume, case.label)
-            truth = self.cfg.stage_spec.target(self.contract, case.label)
-            inter += int(np.logical_and(pred, truth).sum())
-            total += int(pred.sum() + truth.sum())
+        mine = val[self.dist.rank::self.dist.world_size]
+        inter, total = served_dice_counts(self._served(net, summary), self.cfg.stage, [(c.volume, c.label) for c in mine])
         inter, total = self.dist.sum(inter, total)
         return 1.0 if total == 0 else 2 * inter / total
 
