@@ -6,8 +6,11 @@
         # choose the smallest lesion kept on 20 validation studies (seed 6000), record it in the model file
     .venv/bin/python benchmarks/lesion_quality.py --choose-organ-threshold 20 --apply-to apps/radcascade/pretrained/organ.pt
         # choose the probability the organ is cut at on 20 validation studies, record it in the model file
+    .venv/bin/python benchmarks/lesion_quality.py --choose-confidence 40 --apply-to apps/radcascade/pretrained/lesion.pt
+        # choose the least mean probability of a lesion kept on 40 validation studies (served cascade), record it
     .venv/bin/python benchmarks/lesion_quality.py --studies 20 --seed 6000 --mirror-axes 0 1 2 --out /tmp/x
-        # a trial setting of the lesion stage on the validation studies (also --threshold, --margin-mm)
+        # a trial setting of the lesion stage on the validation studies (also --threshold, --margin-mm,
+        # --min-lesion-ml, --min-inside-organ, --min-mean-probability)
 
 Prints a table (value [bootstrap 95% CI]) and writes ``benchmarks/results/lesion_quality.{json,md}``.
 """
@@ -25,9 +28,11 @@ import torch
 
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
+from radcascade.volumes import load_label_for, load_volume
 from radcascade.lesion_quality import (
     HELD_OUT_SEED,
     VALIDATION_SEED,
+    choose_min_mean_probability,
     choose_on_validation,
     evaluate,
     make_held_out_set,
@@ -65,11 +70,17 @@ def main() -> None:
     p.add_argument("--min-lesion-ml", type=float, default=None, help="trial: smallest lesion kept")
     p.add_argument("--min-inside-organ", type=float, default=None,
                    help="trial: share of a lesion that must lie inside the served organ (0: keep all)")
+    p.add_argument("--min-mean-probability", type=float, default=None,
+                   help="trial: least mean lesion probability of a lesion kept (0: keep all)")
+    p.add_argument("--choose-confidence", type=int, default=0, metavar="N",
+                   help="choose the least mean lesion probability of a lesion kept on N validation studies")
     p.add_argument("--record-to", type=Path, help="lesion model file to record the trial's mirroring, threshold and "
                                                   "margin in (run it on validation studies: --seed 6000)")
     a = p.parse_args()
     trial = {"mirror_axes": None if a.mirror_axes is None else tuple(a.mirror_axes), "threshold": a.threshold,
              "margin_mm": a.margin_mm}
+    filters = {"min_lesion_ml": a.min_lesion_ml, "min_inside_organ": a.min_inside_organ,
+               "min_mean_probability": a.min_mean_probability}
     if a.choose_organ_threshold:
         organ = a.apply_to or REPO / "apps/radcascade/pretrained/organ.pt"
         organ_mirror = None if a.organ_mirror_axes is None else tuple(a.organ_mirror_axes)
@@ -84,6 +95,22 @@ def main() -> None:
                                                                f"{VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}", organ_mirror)
             print(f"chosen: {chosen}, recorded in {a.apply_to}")
         return
+    if a.choose_confidence:
+        lesion = a.apply_to or REPO / "apps/radcascade/pretrained/lesion.pt"
+        cascade = Cascade(LabelContract(), lesion.parent / "organ.pt", lesion, torch.device("cpu"))
+        with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
+            held = make_held_out_set(Path(tmp), a.choose_confidence, VALIDATION_SEED)
+            cases = [(v, load_label_for(held.folder / "labels" / "final" / f"{n}.nii.gz", v))
+                     for n in held.names for v in [load_volume(held.folder / f"{n}.nii.gz")]]
+            choice = choose_min_mean_probability(cascade, cases)
+        print("| least mean probability kept | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
+        for k, v in choice.curve.items():
+            print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
+        print(f"chosen: {choice.chosen}")
+        if a.apply_to:
+            record_lesion_settings(a.apply_to, {"min_mean_probability": choice.chosen},
+                                   f"{a.choose_confidence} validation studies, seed {VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}")
+        return
     if a.choose_filter:
         folder = a.apply_to.parent if a.apply_to else REPO / "apps/radcascade/pretrained"
         lesion = a.apply_to or folder / "lesion.pt"
@@ -93,7 +120,7 @@ def main() -> None:
         print("| smallest lesion kept (ml) | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
         for k, v in choice.curve.items():
             print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
-        print(f"chosen: {choice.chosen_ml} ml")
+        print(f"chosen: {choice.chosen} ml")
         if a.apply_to:
             record_choice(a.apply_to, choice, f"{a.choose_filter} validation studies, seed {VALIDATION_SEED}, "
                                               f"{time.strftime('%Y-%m-%d')}")
@@ -108,7 +135,7 @@ def main() -> None:
             classifier = folder / "classifier.pt"
             cascade = Cascade(LabelContract(), folder / "organ.pt", folder / "lesion.pt", torch.device("cpu"),
                               classifier_model=classifier if classifier.exists() else None, min_lesion_ml=a.min_lesion_ml,
-                              min_inside_organ=a.min_inside_organ)
+                              min_inside_organ=a.min_inside_organ, min_mean_probability=a.min_mean_probability)
             for k, v in trial.items():
                 if v is not None:
                     setattr(cascade.lesion_stage, k, v)
@@ -117,7 +144,7 @@ def main() -> None:
     table = markdown_table(reports)
     print(table)
     trial_args = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
-                          for k, v in {**trial, "min_lesion_ml": a.min_lesion_ml, "min_inside_organ": a.min_inside_organ}.items()
+                          for k, v in {**trial, **filters}.items()
                           if v is not None)
     meta = {"command": "benchmarks/lesion_quality.py --models " + " ".join(a.models)
             + (f" --studies {a.studies} --seed {a.seed} " if (a.studies, a.seed) != (60, HELD_OUT_SEED) else " ")
@@ -130,7 +157,7 @@ def main() -> None:
          "studies": {k: [o.__dict__ for o in v] for k, v in outcomes.items()}}, indent=1, default=str))
     a.out.with_suffix(".md").write_text(f"# Lesion quality on the held-out set\n\n{json.dumps(meta)}\n\n{table}\n")
     if a.record_to:
-        record_lesion_settings(a.record_to, {**trial, "min_inside_organ": a.min_inside_organ, "min_lesion_ml": a.min_lesion_ml}, f"{a.studies} studies, seed {a.seed}, {meta['date']}: {meta['command']}")
+        record_lesion_settings(a.record_to, {**trial, **filters}, f"{a.studies} studies, seed {a.seed}, {meta['date']}: {meta['command']}")
 
 
 if __name__ == "__main__":

@@ -69,10 +69,10 @@ def test_smallest_lesion_kept_keeps_big_lesions_then_detections_minus_false_posi
     # study b: a true 6 mm lesion found only by a 0.1 ml component
     b = ComponentTable("b", np.array([0.1]), np.array([6.0]), np.array([[0.5]]))
     choice = choose_min_lesion_ml([a, b], candidates=(0.02, 0.1, 0.15, 0.5))
-    assert choice.chosen_ml == 0.1  # 0.02: 2 found - 3 FP; 0.1: 2 - 1; 0.15: 1 - 0; 0.5: 1 - 0
+    assert choice.chosen == 0.1  # 0.02: 2 found - 3 FP; 0.1: 2 - 1; 0.15: 1 - 0; 0.5: 1 - 0
     # a 10 mm lesion found only by a small component is never dropped for fewer false positives
     c = ComponentTable("c", np.array([0.3, 0.2, 0.2, 0.2]), np.array([10.5]), np.array([[0.4, 0, 0, 0]]))
-    assert choose_min_lesion_ml([c], candidates=(0.02, 0.25, 0.5)).chosen_ml == 0.25
+    assert choose_min_lesion_ml([c], candidates=(0.02, 0.25, 0.5)).chosen == 0.25
     assert choice.curve[0.02]["false_positives_per_study"] == 1.5
     assert choice.curve[0.15] == {"recall": 0.5, "recall_ge_10mm": 1.0, "false_positives_per_study": 0.0}
 
@@ -192,3 +192,43 @@ def test_organ_stage_mirroring_is_read_from_the_model_file(tmp_path):
     assert again.mirror_axes_for(again.model.get()) == (0, 1) and again.threshold_for(again.model.get()) == 0.4
     explicit = OrganStage(WarmModel(model, torch.device("cpu")), threshold=0.5, mirror_axes=())
     assert explicit.mirror_axes_for(explicit.model.get()) == () and explicit.threshold_for(explicit.model.get()) == 0.5
+
+
+def test_confidence_filter_and_its_choice_on_validation(tmp_path):
+    """The served cascade drops a lesion whose mean probability is under the model file's choice (ids stay
+    1..n); the choice on validation studies never loses a lesion of >= 10 mm that a lower cut keeps, and
+    the false positives do not rise as the cut rises."""
+    import shutil
+
+    from radcascade.cascade import MIN_MEAN_PROBABILITY_CANDIDATES
+    from radcascade.lesion_quality import choose_min_mean_probability, record_lesion_settings
+    from radcascade.volumes import load_label_for, load_volume
+
+    held = make_held_out_set(tmp_path / "s", 3, 6000, low_dose_every=0, lesion_free_every=0)
+    cases = [(v, load_label_for(held.folder / "labels" / "final" / f"{n}.nii.gz", v))
+             for n in held.names for v in [load_volume(held.folder / f"{n}.nii.gz")]]
+    for f in ("organ.pt", "lesion.pt"):
+        shutil.copy(PRETRAINED / f, tmp_path / f)
+    record_lesion_settings(tmp_path / "lesion.pt", {"min_mean_probability": 0.0}, "test")
+    cascade = Cascade(LabelContract(), tmp_path / "organ.pt", tmp_path / "lesion.pt", torch.device("cpu"))
+    everything = [cascade.run(v) for v, _ in cases]
+    found = [f for r in everything for f in r.lesions]
+    assert found, "the committed models find lesions on these studies"
+    cut = sorted(f.mean_probability for f in found)[len(found) // 2]  # keeps about half
+    record_lesion_settings(tmp_path / "lesion.pt", {"min_mean_probability": cut}, "test")
+    cascade = Cascade(LabelContract(), tmp_path / "organ.pt", tmp_path / "lesion.pt", torch.device("cpu"))
+    assert cascade.lesion_min_mean_probability() == cut
+    kept = [cascade.run(v) for v, _ in cases]
+    for before, after in zip(everything, kept):
+        assert [f.id for f in after.lesions] == list(range(1, len(after.lesions) + 1))
+        assert all(f.mean_probability >= cut for f in after.lesions)
+        assert sorted(f.voxels for f in after.lesions) == sorted(f.voxels for f in before.lesions if f.mean_probability >= cut)
+        assert int((after.label >= 2).sum()) == sum(f.voxels for f in after.lesions)
+
+    choice = choose_min_mean_probability(cascade, cases)
+    assert cascade.min_mean_probability is None  # the trial settings are undone
+    assert sorted(choice.curve) == sorted(MIN_MEAN_PROBABILITY_CANDIDATES) and choice.chosen in choice.curve
+    recall10 = [choice.curve[t]["recall_ge_10mm"] for t in sorted(choice.curve)]
+    fps = [choice.curve[t]["false_positives_per_study"] for t in sorted(choice.curve)]
+    assert choice.curve[choice.chosen]["recall_ge_10mm"] == max(recall10)
+    assert fps == sorted(fps, reverse=True)

@@ -170,3 +170,20 @@ def test_organ_scale_and_lesion_count_make_a_large_organ_with_many_lesions(tmp_p
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert truth["organ_scale"] == 1.3 and truth["lesions"] == [8, 9]
     assert 8 <= len(truth["studies"]["study_000"]["lesions"]) <= 9
+
+
+
+def test_protocol_mix_marks_every_nth_study_low_dose_and_lesion_free(tmp_path):
+    """The training CLI (--low-dose-every / --lesion-free-every) and the held-out evaluation draw their
+    protocols with this one function."""
+    from radcascade.sample_data import protocol_mix
+
+    low_dose, lesion_free = protocol_mix(10, 4, 8)
+    assert low_dose == {0, 4, 8} and lesion_free == {1, 9}
+    assert protocol_mix(5) == (frozenset(), frozenset())
+    low_dose, lesion_free = protocol_mix(3, 2, 2)
+    studies = generate_datastore(tmp_path, 3, 0, seed=7, low_dose=low_dose, lesion_free=lesion_free, shape=SHAPE,
+                                 spacing=SPACING)
+    manifest = json.loads((tmp_path / "truth.json").read_text())["studies"]
+    assert [manifest[s.name]["protocol"] for s in studies] == ["low-dose", "standard", "low-dose"]
+    assert manifest[studies[1].name]["lesions"] == []

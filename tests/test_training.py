@@ -3,8 +3,10 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
+from radcascade.cascade import MIN_MEAN_PROBABILITY_CANDIDATES
 from radcascade.checkpoints import read_checkpoint
 from radcascade.labels import LabelContract
+from radcascade.lesion_quality import MIN_LESION_ML_CANDIDATES
 from radcascade.networks import TINY_UNET
 from radcascade.stages import ORGAN_THRESHOLDS
 from radcascade.training import TrainConfig, Trainer, TrainingCase, cases_from_folder, prepare_case, split_cases
@@ -56,6 +58,10 @@ def test_trainer_publishes_best_model_and_stats(tiny_studies, tmp_path):
             curve = {float(k): v for k, v in ck.summary["organ_threshold_curve"].items()}
             assert sorted(curve) == sorted(ORGAN_THRESHOLDS)
             assert curve[ck.summary["organ_threshold"]] == max(curve.values()) == result.best_metric
+        else:  # the smallest lesion and the least mean probability kept, chosen on validation
+            assert ck.summary["min_lesion_ml"] in MIN_LESION_ML_CANDIDATES
+            curve = {float(k): v for k, v in ck.summary["min_mean_probability_curve"].items()}
+            assert sorted(curve) == sorted(MIN_MEAN_PROBABILITY_CANDIDATES) and ck.summary["min_mean_probability"] in curve
         stats = json.loads(model.with_suffix(".stats.json").read_text())
         assert stats["status"] == "DONE" and stats["best_metric_epoch"] in (1, 2)
         # a second run warm-starts from the published model

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from radcascade.cascade import organ_from_label
+from radcascade.cascade import MIN_MEAN_PROBABILITY_CANDIDATES, organ_from_label
 from radcascade.evaluation import dice, match_lesions
 from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
-from radcascade.sample_data import generate_datastore
+from radcascade.sample_data import generate_datastore, protocol_mix
 from radcascade.volumes import load_label_for, load_volume
 
 HELD_OUT_SEED = 5000
@@ -49,8 +49,7 @@ def make_held_out_set(folder: Path, n_studies: int = 48, seed: int = HELD_OUT_SE
                       lesion_free_every: int = 8, shape=None, spacing=None) -> HeldOutSet:
     """Generate the held-out set: every ``low_dose_every``-th study low-dose, every
     ``lesion_free_every``-th (offset by 1) lesion-free, the rest routine studies with 0-5 lesions."""
-    low_dose = frozenset(range(0, n_studies, low_dose_every)) if low_dose_every else frozenset()
-    lesion_free = frozenset(range(1, n_studies, lesion_free_every)) if lesion_free_every else frozenset()
+    low_dose, lesion_free = protocol_mix(n_studies, low_dose_every, lesion_free_every)
     kwargs = {k: v for k, v in {"shape": shape, "spacing": spacing}.items() if v is not None}
     studies = generate_datastore(folder, n_studies, 0, seed=seed, prefix="heldout", lesion_free=lesion_free,
                                  low_dose=low_dose, **kwargs)
@@ -254,14 +253,26 @@ def component_table(cascade, volume, label: np.ndarray, name: str) -> ComponentT
 class FilterChoice:
     """Detection at each candidate threshold, and the one chosen."""
 
-    chosen_ml: float
+    chosen: float  # the smallest lesion kept (ml), or the least mean probability
     curve: dict[float, dict[str, float]]  # threshold -> recall (all, >= 10 mm), false positives per study
 
 
+def _detection_point(detected10: int, n10: int, detected: int, n: int, fps: int, studies: int) -> dict[str, float]:
+    return {"recall": detected / n if n else 0.0, "recall_ge_10mm": detected10 / n10 if n10 else 0.0,
+            "false_positives_per_study": fps / max(1, studies)}
+
+
+def _pick(scores: dict[float, tuple[int, int]]) -> float:
+    """The rule both post-processing choices follow. ``scores``: candidate -> (lesions >= 10 mm detected,
+    lesions detected - false positives). Among the candidates that keep the most lesions of >= 10 mm (the
+    ones that matter clinically; never traded for fewer false positives), the one with the most (lesions
+    detected - false positives); on a tie the smallest (the least filtering)."""
+    best10 = max(s[0] for s in scores.values())
+    return max((c for c in scores if scores[c][0] == best10), key=lambda c: (scores[c][1], -c))
+
+
 def choose_min_lesion_ml(tables: Sequence[ComponentTable], candidates=MIN_LESION_ML_CANDIDATES) -> FilterChoice:
-    """Among the thresholds that keep the most lesions of >= 10 mm (the ones that matter clinically;
-    never traded for fewer false positives), the one with the most (lesions detected - false
-    positives); on a tie the smallest."""
+    """The smallest lesion kept, by :func:`_pick`'s rule."""
     curve, scores = {}, {}
     for min_ml in candidates:
         detected = fps = n = n10 = detected10 = 0
@@ -270,13 +281,44 @@ def choose_min_lesion_ml(tables: Sequence[ComponentTable], candidates=MIN_LESION
             detected, fps, n = detected + int(hit.sum()), fps + fp, n + len(hit)
             big = t.true_diameters_mm >= 10.0
             n10, detected10 = n10 + int(big.sum()), detected10 + int(hit[big].sum())
-        curve[min_ml] = {"recall": detected / n if n else 0.0, "recall_ge_10mm": detected10 / n10 if n10 else 0.0,
-                         "false_positives_per_study": fps / max(1, len(tables))}
+        curve[min_ml] = _detection_point(detected10, n10, detected, n, fps, len(tables))
         scores[min_ml] = (detected10, detected - fps)
-    best10 = max(s[0] for s in scores.values())
-    allowed = [m for m in candidates if scores[m][0] == best10]
-    chosen = max(allowed, key=lambda m: (scores[m][1], -m))
-    return FilterChoice(chosen, curve)
+    return FilterChoice(_pick(scores), curve)
+
+
+def choose_min_mean_probability(cascade, cases: Sequence[tuple], organ_from_truth: bool = False,
+                                candidates=MIN_MEAN_PROBABILITY_CANDIDATES) -> FilterChoice:
+    """The least mean lesion probability of a lesion kept, by :func:`_pick`'s rule, on ``cases`` of
+    ``(volume, contract label)`` run through the served cascade (its other filters as they are; with
+    ``organ_from_truth`` inside the true organ, as the trainer validates the lesion stage alone)."""
+    before = cascade.min_mean_probability
+    runs = {}
+    try:
+        for t in candidates:
+            cascade.min_mean_probability = t
+            runs[t] = [_detections(cascade, volume, label, organ_from_truth) for volume, label in cases]
+    finally:
+        cascade.min_mean_probability = before
+    curve, scores = {}, {}
+    for t, per_study in runs.items():
+        sums = np.sum(per_study, axis=0) if per_study else np.zeros(5, int)
+        detected10, n10, detected, n, fps = (int(v) for v in sums)
+        curve[t] = _detection_point(detected10, n10, detected, n, fps, len(per_study))
+        scores[t] = (detected10, detected - fps)
+    return FilterChoice(_pick(scores), curve)
+
+
+def _detections(cascade, volume, label: np.ndarray, organ_from_truth: bool) -> tuple[int, int, int, int, int]:
+    """(lesions >= 10 mm detected, lesions >= 10 mm, detected, lesions, false positives) of one study."""
+    organ = organ_from_label(label >= ORGAN_VALUE, cascade.device) if organ_from_truth else None
+    if organ_from_truth and organ is None:
+        return 0, 0, 0, 0, 0
+    result = cascade.run(volume, organ=organ)
+    match = match_lesions(result.label >= FIRST_LESION_VALUE, label >= FIRST_LESION_VALUE, MIN_IOU)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    big = (6 * match.true_voxels * voxel_ml * 1000 / math.pi) ** (1 / 3) >= 10.0
+    hit = np.asarray(match.true_detected, bool)
+    return (int(hit[big].sum()), int(big.sum()), int(hit.sum()), len(hit), int((~np.asarray(match.predicted_hit, bool)).sum()))
 
 
 def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED) -> FilterChoice:
@@ -300,7 +342,7 @@ def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(model_path)
-    summary = {**ckpt.summary, MIN_LESION_ML_KEY: choice.chosen_ml,
+    summary = {**ckpt.summary, MIN_LESION_ML_KEY: choice.chosen,
                "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}, "min_lesion_ml_source": source}
     publish_checkpoint(replace(ckpt, summary=summary), model_path)
 
@@ -354,16 +396,18 @@ def record_organ_threshold(model_path: Path, curve: dict[float, float], source: 
 
 def record_lesion_settings(model_path: Path, settings: dict, source: str) -> None:
     """Write serving settings of the lesion stage chosen on validation (``mirror_axes``, ``threshold``,
-    ``margin_mm``: see :class:`radcascade.stages.LesionStage`; ``min_inside_organ``, ``min_lesion_ml``: see
+    ``margin_mm``: see :class:`radcascade.stages.LesionStage`; ``min_inside_organ``, ``min_lesion_ml``,
+    ``min_mean_probability``: see
     :class:`radcascade.cascade.Cascade`) into its model file, atomically."""
     from dataclasses import replace
 
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
-    from radcascade.cascade import MIN_INSIDE_ORGAN_KEY, MIN_LESION_ML_KEY
+    from radcascade.cascade import MIN_INSIDE_ORGAN_KEY, MIN_LESION_ML_KEY, MIN_MEAN_PROBABILITY_KEY
     from radcascade.stages import MARGIN_KEY, MIRROR_AXES_KEY, THRESHOLD_KEY
 
     keys = {"mirror_axes": MIRROR_AXES_KEY, "threshold": THRESHOLD_KEY, "margin_mm": MARGIN_KEY,
-            "min_inside_organ": MIN_INSIDE_ORGAN_KEY, "min_lesion_ml": MIN_LESION_ML_KEY}
+            "min_inside_organ": MIN_INSIDE_ORGAN_KEY, "min_lesion_ml": MIN_LESION_ML_KEY,
+            "min_mean_probability": MIN_MEAN_PROBABILITY_KEY}
     ckpt = read_checkpoint(model_path)
     chosen = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v is not None}
     if MIN_LESION_ML_KEY in chosen:  # the trainer's earlier choice and its curve no longer apply

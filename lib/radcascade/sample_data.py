@@ -321,6 +321,15 @@ def write_study(study: Study, studies_dir: Path, with_label: bool, contract: Lab
         )
 
 
+def protocol_mix(n_studies: int, low_dose_every: int = 0, lesion_free_every: int = 0) -> tuple[frozenset[int], frozenset[int]]:
+    """Indices of the low-dose and of the lesion-free studies of a generated set: every
+    ``low_dose_every``-th study from the first, every ``lesion_free_every``-th from the second (0: none).
+    The held-out evaluation uses (4, 8); training on the same mix shows the networks what they are judged on."""
+    low_dose = frozenset(range(0, n_studies, low_dose_every)) if low_dose_every else frozenset()
+    lesion_free = frozenset(range(1, n_studies, lesion_free_every)) if lesion_free_every else frozenset()
+    return low_dose, lesion_free
+
+
 def generate_datastore(
     out: Path,
     labelled: int,

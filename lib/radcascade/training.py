@@ -34,6 +34,7 @@ from radcascade.cascade import (
     LESION_MIN_INSIDE_ORGAN,
     MIN_INSIDE_ORGAN_KEY,
     MIN_LESION_ML_KEY,
+    MIN_MEAN_PROBABILITY_KEY,
     Cascade,
     served_dice_counts,
 )
@@ -47,7 +48,7 @@ from radcascade.checkpoints import (
 from radcascade.distributed import BatchDiceCELoss, Distributed, init_from_env, shutdown
 from radcascade.files import write_json_atomic
 from radcascade.labels import LabelContract
-from radcascade.lesion_quality import choose_min_lesion_ml, component_table
+from radcascade.lesion_quality import choose_min_lesion_ml, choose_min_mean_probability, component_table
 from radcascade.networks import UNetSpec
 from radcascade.tracking import tracker_for
 from radcascade.preprocessing import BoundingBox
@@ -315,15 +316,18 @@ class Trainer:
         # the recipe's test-time mirroring and organ-overlap filter, served with it
         recipe = {MIRROR_AXES_KEY: list(LESION_MIRROR_AXES), MIN_INSIDE_ORGAN_KEY: LESION_MIN_INSIDE_ORGAN}
         if not val:
-            previous = self._previous_choice(MIN_LESION_ML_KEY, result)
-            return {**recipe, MIN_LESION_ML_KEY: previous} if previous is not None else recipe
+            previous = {key: self._previous_choice(key, result) for key in (MIN_LESION_ML_KEY, MIN_MEAN_PROBABILITY_KEY)}
+            return {**recipe, **{k: v for k, v in previous.items() if v is not None}}
         cascade = self._served(net, recipe)
-        choice = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
-        post = {**recipe, MIN_LESION_ML_KEY: choice.chosen_ml,
-                "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}}
+        size = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
+        post = {**recipe, MIN_LESION_ML_KEY: size.chosen, "min_lesion_ml_curve": {str(k): v for k, v in size.curve.items()}}
+        confidence = choose_min_mean_probability(self._served(net, post), [(c.volume, c.label) for c in val],
+                                                 organ_from_truth=True)
+        post.update({MIN_MEAN_PROBABILITY_KEY: confidence.chosen,
+                     "min_mean_probability_curve": {str(k): v for k, v in confidence.curve.items()}})
         result.best_metric = round(self._validate(net, val, post), 5)
-        self.progress(f"[{self.cfg.stage}] smallest lesion kept: {choice.chosen_ml} ml (chosen on validation); "
-                      f"served validation Dice {result.best_metric}")
+        self.progress(f"[{self.cfg.stage}] smallest lesion kept: {size.chosen} ml, least mean probability kept: "
+                      f"{confidence.chosen} (chosen on validation); served validation Dice {result.best_metric}")
         return post
 
     def fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
@@ -468,12 +472,16 @@ def cases_from_folder(studies: Path) -> list[TrainingCase]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radcascade.sample_data import generate_datastore
+    from radcascade.sample_data import generate_datastore, protocol_mix
 
     p = argparse.ArgumentParser(description="Train the organ and lesion stages on a studies folder.")
     p.add_argument("--studies", type=Path, help="local datastore folder (images + labels/final)")
     p.add_argument("--generate", type=int, default=0, help="generate this many labelled studies instead")
     p.add_argument("--seed", type=int, default=1000, help="generator seed (never the sample set's 0)")
+    p.add_argument("--low-dose-every", type=int, default=0,
+                   help="with --generate: every N-th study low-dose (the held-out evaluation's mix is 4)")
+    p.add_argument("--lesion-free-every", type=int, default=0,
+                   help="with --generate: every N-th study without lesions (the held-out evaluation's mix is 8)")
     p.add_argument("--out", type=Path, required=True, help="folder for organ.pt / lesion.pt")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--epochs", type=int, default=50)
@@ -481,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                    help="peak learning rate (cosine decay to 5%%); lower it to fine-tune warm-started weights")
+    p.add_argument("--val-every", type=int, default=1, help="validate (the served stage) every N epochs")
     p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -489,7 +498,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.generate:
         studies = Path(tempfile.mkdtemp(prefix="radcascade-train-"))
         print(f"generating {a.generate} studies (seed {a.seed}) in {studies}", flush=True)
-        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train")
+        low_dose, lesion_free = protocol_mix(a.generate, a.low_dose_every, a.lesion_free_every)
+        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train", low_dose=low_dose, lesion_free=lesion_free)
     if studies is None:
         p.error("give --studies or --generate")
     cases = cases_from_folder(studies)
@@ -499,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         for stage in a.stages:
             epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
             cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold,
-                              learning_rate=a.learning_rate)
+                              learning_rate=a.learning_rate, val_every=a.val_every)
             Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True), dist=dist).fit(cases)
     finally:
         shutdown()
