@@ -51,12 +51,13 @@ pretrain: venv
 	# a longer budget, warm-started, on 16 more studies (the committed lesion.pt; its smallest lesion kept,
 	# 0.3 ml, was then chosen on 20 validation studies: docs/benchmarks.md, lesion quality)
 	$(BIN)/python -m radcascade.training --generate 48 --seed 1000 --out $(APP)/pretrained --stages lesion --epochs 150 --max-minutes 28
-	# the organ stage, 34 more minutes warm-started on 48 studies; its cut and mirroring then chosen on 20
-	# validation studies, and the lesion filters (smallest lesion, share inside the organ) on 40
+	# the organ stage, 34 more minutes warm-started on 48 studies; its cut and mirroring (x, y, z) then chosen
+	# on 40 validation studies, and the lesion filters (smallest lesion, share inside the organ, confidence) on 40
 	$(BIN)/python -m radcascade.training --generate 48 --seed 1000 --out $(APP)/pretrained --stages organ --epochs 60 --max-minutes 34
-	$(BIN)/python benchmarks/lesion_quality.py --choose-organ-threshold 20 --organ-mirror-axes 2 --apply-to $(APP)/pretrained/organ.pt
+	$(BIN)/python benchmarks/lesion_quality.py --choose-organ-threshold 40 --organ-mirror-axes 0 1 2 --apply-to $(APP)/pretrained/organ.pt
 	$(BIN)/python benchmarks/lesion_quality.py --studies 40 --seed 6000 --models new=$(APP)/pretrained --min-lesion-ml 0.2 \
 		--min-inside-organ 0.75 --record-to $(APP)/pretrained/lesion.pt --out /tmp/radcascade-validation
+	$(BIN)/python benchmarks/lesion_quality.py --choose-confidence 40 --apply-to $(APP)/pretrained/lesion.pt
 	$(BIN)/python -m radcascade.classifier_training --generate 60 --seed 3000 --mode features --out $(APP)/pretrained/classifier.pt
 
 bench: venv

@@ -185,7 +185,7 @@ def test_organ_stage_mirroring_is_read_from_the_model_file(tmp_path):
     shutil.copy(PRETRAINED / "organ.pt", model)
     stage = OrganStage(WarmModel(model, torch.device("cpu")))
     loaded = stage.model.get()
-    assert stage.mirror_axes_for(loaded) == (2,) and stage.threshold_for(loaded) == 0.3  # the committed choice
+    assert stage.mirror_axes_for(loaded) == (0, 1, 2) and stage.threshold_for(loaded) == 0.4  # the committed choice
     chosen = record_organ_threshold(model, {0.5: 0.9, 0.4: 0.95, 0.3: 0.95}, "test", mirror_axes=(0, 1))
     assert chosen == 0.4  # a tie keeps the higher cut
     again = OrganStage(WarmModel(model, torch.device("cpu")))
