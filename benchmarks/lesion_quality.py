@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from radcascade.cascade import Cascade
+from radcascade.cascade import MIN_MEAN_PROBABILITY_KEY, Cascade
 from radcascade.labels import LabelContract
 from radcascade.volumes import load_label_for, load_volume
 from radcascade.lesion_quality import (
@@ -108,8 +108,8 @@ def main() -> None:
             print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
         print(f"chosen: {choice.chosen}")
         if a.apply_to:
-            record_lesion_settings(a.apply_to, {"min_mean_probability": choice.chosen},
-                                   f"{a.choose_confidence} validation studies, seed {VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}")
+            record_choice(a.apply_to, choice, f"{a.choose_confidence} validation studies, seed {VALIDATION_SEED}, "
+                                              f"{time.strftime('%Y-%m-%d')}", key=MIN_MEAN_PROBABILITY_KEY)
         return
     if a.choose_filter:
         folder = a.apply_to.parent if a.apply_to else REPO / "apps/radcascade/pretrained"

@@ -334,16 +334,18 @@ def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int =
     return choose_min_lesion_ml(tables)
 
 
-def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
-    """Write the choice into a lesion model file's summary (atomically; the weights are unchanged)."""
+def record_choice(model_path: Path, choice: FilterChoice, source: str, key: str | None = None) -> None:
+    """Write a filter choice (``key``: the smallest lesion kept by default, or ``min_mean_probability``),
+    its curve and where it was made into a lesion model file's summary (atomically; the weights are unchanged)."""
     from dataclasses import replace
 
     from radcascade.cascade import MIN_LESION_ML_KEY
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
 
+    key = key or MIN_LESION_ML_KEY
     ckpt = read_checkpoint(model_path)
-    summary = {**ckpt.summary, MIN_LESION_ML_KEY: choice.chosen,
-               "min_lesion_ml_curve": {str(k): v for k, v in choice.curve.items()}, "min_lesion_ml_source": source}
+    summary = {**ckpt.summary, key: choice.chosen, f"{key}_curve": {str(k): v for k, v in choice.curve.items()},
+               f"{key}_source": source}
     publish_checkpoint(replace(ckpt, summary=summary), model_path)
 
 
