@@ -28,12 +28,11 @@ import torch
 
 from radcascade.cascade import MIN_MEAN_PROBABILITY_KEY, Cascade
 from radcascade.labels import LabelContract
-from radcascade.volumes import load_label_for, load_volume
 from radcascade.lesion_quality import (
     HELD_OUT_SEED,
     VALIDATION_SEED,
-    choose_min_mean_probability,
     choose_on_validation,
+    confidence_on_validation,
     evaluate,
     make_held_out_set,
     markdown_table,
@@ -95,35 +94,23 @@ def main() -> None:
                                                                f"{VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}", organ_mirror)
             print(f"chosen: {chosen}, recorded in {a.apply_to}")
         return
-    if a.choose_confidence:
+    if a.choose_confidence or a.choose_filter:
         lesion = a.apply_to or REPO / "apps/radcascade/pretrained/lesion.pt"
         cascade = Cascade(LabelContract(), lesion.parent / "organ.pt", lesion, torch.device("cpu"))
+        n = a.choose_confidence or a.choose_filter
         with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
-            held = make_held_out_set(Path(tmp), a.choose_confidence, VALIDATION_SEED)
-            cases = [(v, load_label_for(held.folder / "labels" / "final" / f"{n}.nii.gz", v))
-                     for n in held.names for v in [load_volume(held.folder / f"{n}.nii.gz")]]
-            choice = choose_min_mean_probability(cascade, cases)
-        print("| least mean probability kept | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
+            if a.choose_confidence:
+                choice = confidence_on_validation(cascade, Path(tmp), n)
+            else:
+                choice = choose_on_validation(cascade, Path(tmp), n)
+        what = "least mean probability kept" if a.choose_confidence else "smallest lesion kept (ml)"
+        print(f"| {what} | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
         for k, v in choice.curve.items():
             print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
         print(f"chosen: {choice.chosen}")
         if a.apply_to:
-            record_choice(a.apply_to, choice, f"{a.choose_confidence} validation studies, seed {VALIDATION_SEED}, "
-                                              f"{time.strftime('%Y-%m-%d')}", key=MIN_MEAN_PROBABILITY_KEY)
-        return
-    if a.choose_filter:
-        folder = a.apply_to.parent if a.apply_to else REPO / "apps/radcascade/pretrained"
-        lesion = a.apply_to or folder / "lesion.pt"
-        cascade = Cascade(LabelContract(), folder / "organ.pt", lesion, torch.device("cpu"))
-        with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
-            choice = choose_on_validation(cascade, Path(tmp), a.choose_filter)
-        print("| smallest lesion kept (ml) | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
-        for k, v in choice.curve.items():
-            print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
-        print(f"chosen: {choice.chosen} ml")
-        if a.apply_to:
-            record_choice(a.apply_to, choice, f"{a.choose_filter} validation studies, seed {VALIDATION_SEED}, "
-                                              f"{time.strftime('%Y-%m-%d')}")
+            record_choice(a.apply_to, choice, f"{n} validation studies, seed {VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}",
+                          key=MIN_MEAN_PROBABILITY_KEY if a.choose_confidence else None)
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     reports, outcomes = {}, {}

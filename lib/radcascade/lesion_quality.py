@@ -44,6 +44,19 @@ class HeldOutSet:
     protocols: dict[str, str]
     seed: int
 
+    def paths(self, name: str) -> tuple[Path, Path]:
+        """The study's image and its label (contract values)."""
+        return self.folder / f"{name}.nii.gz", self.folder / "labels" / "final" / f"{name}.nii.gz"
+
+    def cases(self) -> list[tuple]:
+        """Every study as ``(volume, contract label)``, read once."""
+        out = []
+        for name in self.names:
+            image, label = self.paths(name)
+            volume = load_volume(image)
+            out.append((volume, load_label_for(label, volume)))
+        return out
+
 
 def make_held_out_set(folder: Path, n_studies: int = 48, seed: int = HELD_OUT_SEED, low_dose_every: int = 4,
                       lesion_free_every: int = 8, shape=None, spacing=None) -> HeldOutSet:
@@ -55,6 +68,11 @@ def make_held_out_set(folder: Path, n_studies: int = 48, seed: int = HELD_OUT_SE
                                  low_dose=low_dose, **kwargs)
     protocols = {s.name: ("low-dose" if i in low_dose else "standard") for i, s in enumerate(studies)}
     return HeldOutSet(Path(folder), [s.name for s in studies], protocols, seed)
+
+
+def equivalent_diameter_mm(volume_ml):
+    """Diameter of the sphere of the same volume (ml -> mm); works on arrays."""
+    return (6 * np.asarray(volume_ml, np.float64) * 1000 / math.pi) ** (1 / 3)
 
 
 @dataclass
@@ -89,7 +107,7 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
     pred_lesion, true_lesion = result.label >= FIRST_LESION_VALUE, truth >= FIRST_LESION_VALUE
     match = match_lesions(pred_lesion, true_lesion, MIN_IOU)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    diameters = [round(float((6 * v * voxel_ml * 1000 / math.pi) ** (1 / 3)), 2) for v in match.true_voxels]
+    diameters = [round(float(d), 2) for d in equivalent_diameter_mm(match.true_voxels * voxel_ml)]
     name = Path(image).name.split(".")[0]
     return StudyOutcome(
         name=name, protocol=protocol,
@@ -104,8 +122,7 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
 def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = print) -> list[StudyOutcome]:
     out = []
     for name in held_out.names:
-        image = held_out.folder / f"{name}.nii.gz"
-        label = held_out.folder / "labels" / "final" / f"{name}.nii.gz"
+        image, label = held_out.paths(name)
         out.append(evaluate_study(cascade, image, label, held_out.protocols.get(name, "standard")))
         o = out[-1]
         progress(f"{name} ({o.protocol}): organ {o.organ_dice:.3f}, lesions {sum(o.detected)}/{len(o.detected)}, "
@@ -231,7 +248,7 @@ def component_table(cascade, volume, label: np.ndarray, name: str) -> ComponentT
     structure = np.ones((3, 3, 3), bool)
     truth, n_true = ndimage.label(label >= FIRST_LESION_VALUE, structure)
     true_ml = np.bincount(truth.ravel(), minlength=n_true + 1)[1:] * voxel_ml
-    diameters = (6 * true_ml * 1000 / math.pi) ** (1 / 3)
+    diameters = equivalent_diameter_mm(true_ml)
     if organ is None:
         return ComponentTable(name, np.zeros(0), diameters, np.zeros((n_true, 0)))
     image = torch.from_numpy(volume.array).to(cascade.device).unsqueeze(0)
@@ -316,22 +333,22 @@ def _detections(cascade, volume, label: np.ndarray, organ_from_truth: bool) -> t
     result = cascade.run(volume, organ=organ)
     match = match_lesions(result.label >= FIRST_LESION_VALUE, label >= FIRST_LESION_VALUE, MIN_IOU)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    big = (6 * match.true_voxels * voxel_ml * 1000 / math.pi) ** (1 / 3) >= 10.0
+    big = equivalent_diameter_mm(match.true_voxels * voxel_ml) >= 10.0
     hit = np.asarray(match.true_detected, bool)
     return (int(hit[big].sum()), int(big.sum()), int(hit.sum()), len(hit), int((~np.asarray(match.predicted_hit, bool)).sum()))
 
 
 def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED) -> FilterChoice:
-    """Generate validation studies (same mix as the held-out set) and choose the threshold on them."""
-    from radcascade.volumes import load_label_for, load_volume
-
+    """Generate validation studies (same mix as the held-out set) and choose the smallest lesion kept on them."""
     held = make_held_out_set(folder, n_studies, seed)
-    tables = []
-    for name in held.names:
-        volume = load_volume(held.folder / f"{name}.nii.gz")
-        label = load_label_for(held.folder / "labels" / "final" / f"{name}.nii.gz", volume)
-        tables.append(component_table(cascade, volume, label, name))
-    return choose_min_lesion_ml(tables)
+    return choose_min_lesion_ml([component_table(cascade, volume, label, name)
+                                 for name, (volume, label) in zip(held.names, held.cases())])
+
+
+def confidence_on_validation(cascade, folder: Path, n_studies: int = 40, seed: int = VALIDATION_SEED) -> FilterChoice:
+    """Generate validation studies (same mix as the held-out set) and choose the least mean probability of a
+    lesion kept on them, through the served cascade."""
+    return choose_min_mean_probability(cascade, make_held_out_set(folder, n_studies, seed).cases())
 
 
 def record_choice(model_path: Path, choice: FilterChoice, source: str, key: str | None = None) -> None:
@@ -356,13 +373,8 @@ def organ_threshold_curve(cascade, folder: Path, n_studies: int = 20, seed: int 
     test-time mirroring (None: the model file's)."""
     from radcascade.cascade import served_dice_counts
     from radcascade.stages import ORGAN_THRESHOLDS
-    from radcascade.volumes import load_label_for, load_volume
 
-    held = make_held_out_set(folder, n_studies, seed)
-    cases = []
-    for name in held.names:
-        volume = load_volume(held.folder / f"{name}.nii.gz")
-        cases.append((volume, load_label_for(held.folder / "labels" / "final" / f"{name}.nii.gz", volume)))
+    cases = make_held_out_set(folder, n_studies, seed).cases()
     curve = {}
     stage = cascade.organ_stage
     before = stage.threshold, stage.mirror_axes
