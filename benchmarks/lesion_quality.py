@@ -7,10 +7,11 @@
     .venv/bin/python benchmarks/lesion_quality.py --choose-organ-threshold 20 --apply-to apps/radcascade/pretrained/organ.pt
         # choose the probability the organ is cut at on 20 validation studies, record it in the model file
     .venv/bin/python benchmarks/lesion_quality.py --choose-confidence 40 --apply-to apps/radcascade/pretrained/lesion.pt
-        # choose the least mean probability of a lesion kept on 40 validation studies (served cascade), record it
+        # choose the least mean probability of a lesion kept on 40 validation studies (served cascade), apart for
+        # routine and noisy (low-dose) studies, record both
     .venv/bin/python benchmarks/lesion_quality.py --studies 20 --seed 6000 --mirror-axes 0 1 2 --out /tmp/x
         # a trial setting of the lesion stage on the validation studies (also --threshold, --margin-mm,
-        # --min-lesion-ml, --min-inside-organ, --min-mean-probability)
+        # --min-lesion-ml, --min-inside-organ, --min-mean-probability, --min-mean-probability-noisy)
 
 Prints a table (value [bootstrap 95% CI]) and writes ``benchmarks/results/lesion_quality.{json,md}``.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from radcascade.cascade import MIN_MEAN_PROBABILITY_KEY, Cascade
+from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import (
     HELD_OUT_SEED,
@@ -38,6 +39,7 @@ from radcascade.lesion_quality import (
     markdown_table,
     organ_threshold_curve,
     record_choice,
+    record_confidence,
     record_lesion_settings,
     record_organ_threshold,
     summarise,
@@ -71,6 +73,8 @@ def main() -> None:
                    help="trial: share of a lesion that must lie inside the served organ (0: keep all)")
     p.add_argument("--min-mean-probability", type=float, default=None,
                    help="trial: least mean lesion probability of a lesion kept (0: keep all)")
+    p.add_argument("--min-mean-probability-noisy", type=float, default=None,
+                   help="trial: the same in a noisy (low-dose) study")
     p.add_argument("--choose-confidence", type=int, default=0, metavar="N",
                    help="choose the least mean lesion probability of a lesion kept on N validation studies")
     p.add_argument("--record-to", type=Path, help="lesion model file to record the trial's mirroring, threshold and "
@@ -79,7 +83,7 @@ def main() -> None:
     trial = {"mirror_axes": None if a.mirror_axes is None else tuple(a.mirror_axes), "threshold": a.threshold,
              "margin_mm": a.margin_mm}
     filters = {"min_lesion_ml": a.min_lesion_ml, "min_inside_organ": a.min_inside_organ,
-               "min_mean_probability": a.min_mean_probability}
+               "min_mean_probability": a.min_mean_probability, "min_mean_probability_noisy": a.min_mean_probability_noisy}
     if a.choose_organ_threshold:
         organ = a.apply_to or REPO / "apps/radcascade/pretrained/organ.pt"
         organ_mirror = None if a.organ_mirror_axes is None else tuple(a.organ_mirror_axes)
@@ -98,19 +102,27 @@ def main() -> None:
         lesion = a.apply_to or REPO / "apps/radcascade/pretrained/lesion.pt"
         cascade = Cascade(LabelContract(), lesion.parent / "organ.pt", lesion, torch.device("cpu"))
         n = a.choose_confidence or a.choose_filter
+        source = f"{n} validation studies, seed {VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}"
         with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
             if a.choose_confidence:
-                choice = confidence_on_validation(cascade, Path(tmp), n)
+                confidence = confidence_on_validation(cascade, Path(tmp), n)
+                choices = {"routine studies": confidence.routine, "noisy studies": confidence.noisy}
             else:
-                choice = choose_on_validation(cascade, Path(tmp), n)
+                choices = {"": choose_on_validation(cascade, Path(tmp), n)}
         what = "least mean probability kept" if a.choose_confidence else "smallest lesion kept (ml)"
-        print(f"| {what} | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
-        for k, v in choice.curve.items():
-            print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
-        print(f"chosen: {choice.chosen}")
+        for group, choice in choices.items():
+            if choice is None:
+                print(f"no {group} among the validation studies: they get the routine cut")
+                continue
+            print(f"\n{group}\n| {what} | recall | recall >=10 mm | false positives / study |\n|---|---|---|---|")
+            for k, v in choice.curve.items():
+                print(f"| {k} | {v['recall']:.3f} | {v['recall_ge_10mm']:.3f} | {v['false_positives_per_study']:.2f} |")
+            print(f"chosen: {choice.chosen}")
         if a.apply_to:
-            record_choice(a.apply_to, choice, f"{n} validation studies, seed {VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}",
-                          key=MIN_MEAN_PROBABILITY_KEY if a.choose_confidence else None)
+            if a.choose_confidence:
+                record_confidence(a.apply_to, confidence, source)
+            else:
+                record_choice(a.apply_to, choices[""], source)
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     reports, outcomes = {}, {}
@@ -122,7 +134,8 @@ def main() -> None:
             classifier = folder / "classifier.pt"
             cascade = Cascade(LabelContract(), folder / "organ.pt", folder / "lesion.pt", torch.device("cpu"),
                               classifier_model=classifier if classifier.exists() else None, min_lesion_ml=a.min_lesion_ml,
-                              min_inside_organ=a.min_inside_organ, min_mean_probability=a.min_mean_probability)
+                              min_inside_organ=a.min_inside_organ, min_mean_probability=a.min_mean_probability,
+                              min_mean_probability_noisy=a.min_mean_probability_noisy)
             for k, v in trial.items():
                 if v is not None:
                     setattr(cascade.lesion_stage, k, v)

@@ -30,10 +30,33 @@ def test_recall_by_size_band_false_positives_and_pooled_dice():
     assert m["false positives / study"] == 1.0
     assert m["lesion Dice (pooled)"] == pytest.approx(2 * 50 / 250)
     assert m["lesion Dice (mean per study)"] == pytest.approx((0.5 + 0.0) / 2)  # studies with true lesions
-    assert report.lesions == 5 and report.lesions_by_band == {"<10 mm": 2, "10-20 mm": 1, ">20 mm": 2}
+    assert report.lesions == 5 and report.lesions_by_band == {"<10 mm": 2, "10-20 mm": 1, ">20 mm": 2, ">=10 mm and <10 HU": 0}
     est = report.metrics["false positives / study"]
     assert est.low <= est.value <= est.high
     assert "| recall <10 mm | 0.500" in markdown_table({"x": report})
+
+
+def test_lesion_contrast_and_recall_of_near_isodense_lesions():
+    """Contrast is the lesion's mean against the organ ring around it; recall is reported apart for lesions
+    >= 10 mm under and over ISODENSE_HU of contrast."""
+    import numpy as np
+
+    from radcascade.lesion_quality import ISODENSE_HU, lesion_contrast_hu
+
+    label = np.zeros((40, 40, 20), np.uint8)
+    label[5:35, 5:35, 2:18] = 1
+    label[10:16, 10:16, 8:12] = 2
+    label[24:30, 24:30, 8:12] = 3
+    hu = np.where(label == 1, 60.0, -100.0).astype(np.float32)
+    hu[label == 2] = 35.0  # hypodense: 25 HU
+    hu[label == 3] = 64.0  # near-isodense: 4 HU
+    assert lesion_contrast_hu(hu, label) == pytest.approx([25.0, 4.0])
+
+    outcomes = [_outcome("a", [12.0, 30.0, 15.0], [True, False, True], 0)]
+    outcomes[0].true_contrast_hu = [25.0, 4.0, 30.0]
+    m = {k: v.value for k, v in summarise(outcomes, n_boot=50).metrics.items()}
+    assert m[f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU"] == 0.0
+    assert m[f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU"] == 1.0
 
 
 def test_bootstrap_of_a_constant_is_the_constant():
@@ -225,10 +248,59 @@ def test_confidence_filter_and_its_choice_on_validation(tmp_path):
         assert sorted(f.voxels for f in after.lesions) == sorted(f.voxels for f in before.lesions if f.mean_probability >= cut)
         assert int((after.label >= 2).sum()) == sum(f.voxels for f in after.lesions)
 
-    choice = choose_min_mean_probability(cascade, cases)
+    confidence = choose_min_mean_probability(cascade, cases)
     assert cascade.min_mean_probability is None  # the trial settings are undone
+    assert confidence.noisy is None and confidence.noisy_studies == 0  # routine studies only
+    choice = confidence.routine
     assert sorted(choice.curve) == sorted(MIN_MEAN_PROBABILITY_CANDIDATES) and choice.chosen in choice.curve
     recall10 = [choice.curve[t]["recall_ge_10mm"] for t in sorted(choice.curve)]
     fps = [choice.curve[t]["false_positives_per_study"] for t in sorted(choice.curve)]
     assert choice.curve[choice.chosen]["recall_ge_10mm"] == max(recall10)
     assert fps == sorted(fps, reverse=True)
+
+
+def test_a_noisy_study_gets_the_noisy_cut_and_both_cuts_are_chosen_apart(tmp_path):
+    """The image noise the cascade measures in the organ tells generated low-dose studies from routine ones;
+    a lesion model file's noisy-study cut applies to the noisy ones only (and says so in the result's notes);
+    the chooser picks the two cuts on the two groups, and recording a choice without noisy studies removes
+    an earlier noisy cut."""
+    import shutil
+
+    from radcascade.checkpoints import read_checkpoint
+    from radcascade.lesion_quality import choose_min_mean_probability, record_confidence, record_lesion_settings
+    from radcascade.preprocessing import NOISY_STUDY_NOISE_HU
+
+    held = make_held_out_set(tmp_path / "s", 4, 6000, low_dose_every=2, lesion_free_every=0)
+    cases = held.cases()
+    for f in ("organ.pt", "lesion.pt"):
+        shutil.copy(PRETRAINED / f, tmp_path / f)
+    model = tmp_path / "lesion.pt"
+    record_lesion_settings(model, {"min_mean_probability": 0.0, "min_mean_probability_noisy": 1.01}, "test")
+    cascade = Cascade(LabelContract(), tmp_path / "organ.pt", model, torch.device("cpu"))
+    routine_found = 0
+    for name, (volume, _) in zip(held.names, cases):
+        result = cascade.run(volume)
+        noisy = held.protocols[name] == "low-dose"
+        assert (result.image_noise_hu >= NOISY_STUDY_NOISE_HU) == noisy, (name, result.image_noise_hu)
+        # the generator's quantum noise: 6-14 HU routine, 28-40 HU low-dose (organ texture adds a little)
+        assert 25 <= result.image_noise_hu <= 45 if noisy else 4 <= result.image_noise_hu <= 18
+        cut_noted = any("noisy-study cut" in n for n in result.notes)
+        if noisy:
+            assert result.lesions == [] and not (result.label >= 2).any() and cut_noted
+        else:
+            routine_found += len(result.lesions)
+            assert not cut_noted
+    assert routine_found, "the committed models find lesions in the routine studies"
+
+    confidence = choose_min_mean_probability(cascade, cases)
+    assert (cascade.min_mean_probability, cascade.min_mean_probability_noisy) == (None, None)  # undone
+    assert confidence.noisy_studies == 2 and confidence.noisy is not None
+    assert confidence.noisy.chosen in confidence.noisy.curve and confidence.routine.chosen in confidence.routine.curve
+    record_confidence(model, confidence, "test")
+    summary = read_checkpoint(model).summary
+    assert summary["min_mean_probability"] == confidence.routine.chosen
+    assert summary["min_mean_probability_noisy"] == confidence.noisy.chosen and "min_mean_probability_noisy_curve" in summary
+    routine_only = choose_min_mean_probability(cascade, [c for n, c in zip(held.names, cases)
+                                                         if held.protocols[n] == "standard"])
+    record_confidence(model, routine_only, "test")
+    assert not any(k.startswith("min_mean_probability_noisy") for k in read_checkpoint(model).summary)

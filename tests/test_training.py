@@ -9,7 +9,15 @@ from radcascade.labels import LabelContract
 from radcascade.lesion_quality import MIN_LESION_ML_CANDIDATES
 from radcascade.networks import TINY_UNET
 from radcascade.stages import ORGAN_THRESHOLDS
-from radcascade.training import TrainConfig, Trainer, TrainingCase, cases_from_folder, prepare_case, split_cases
+from radcascade.training import (
+    TrainConfig,
+    Trainer,
+    TrainingCase,
+    cases_from_folder,
+    prepare_case,
+    small_lesion_weights,
+    split_cases,
+)
 
 CONTRACT = LabelContract()
 
@@ -129,3 +137,34 @@ def test_organ_cut_follows_the_model_file(tiny_studies, tmp_path):
         masks[name][organ.box.slices] = organ.mask.numpy()
     assert masks["half"].any() and masks["file"].sum() > masks["half"].sum()
     assert not (masks["half"] & ~masks["file"]).any()
+
+
+def test_small_lesions_weigh_more_in_the_loss_and_a_run_uses_it(tiny_studies, tmp_path):
+    """A lesion's voxels weigh (20 mm sphere's voxels / its voxels), clipped to [1, max]; background 1. The
+    weighted loss is the plain one with weights 1 and grows with the weight of a misclassified lesion."""
+    import pytest
+    import torch
+
+    from radcascade.distributed import BatchDiceCELoss
+
+    target = torch.zeros(2, 1, 40, 40, 20)
+    target[0, 0, 2:6, 2:6, 2:4] = 1  # 32 voxels of 2.5 x 2.5 x 4 mm: a ~10 mm lesion
+    target[0, 0, 10:30, 10:30, 5:15] = 1  # 4000 voxels: larger than 20 mm
+    target[1, 0, 30:32, 30:32, 10] = 1  # 4 voxels: clipped at the maximum
+    weights = small_lesion_weights(target, (2.5, 2.5, 4.0), 8.0)
+    reference = np.pi / 6 * 20.0**3 / (2.5 * 2.5 * 4.0)
+    assert weights[0, 3, 3, 3] == pytest.approx(reference / 32) and weights[0, 20, 20, 10] == 1.0
+    assert weights[1, 31, 31, 10] == 8.0 and weights[0, 35, 35, 0] == 1.0
+
+    logits = torch.zeros(2, 2, 40, 40, 20)
+    logits[:, 0] = 2.0  # everything called background: the lesions are misclassified
+    loss = BatchDiceCELoss()
+    assert loss(logits, target, torch.ones(2, 40, 40, 20)) == pytest.approx(float(loss(logits, target)))
+    assert loss(logits, target, weights) > loss(logits, target)
+
+    with pytest.raises(ValueError, match="small_lesion_weight"):
+        TrainConfig(stage="lesion", small_lesion_weight=0.5)
+    cfg = TrainConfig(stage="lesion", max_epochs=1, spec=TINY_UNET, patch_size=(32, 32, 16), samples_per_volume=1,
+                      small_lesion_weight=8.0)
+    result = Trainer(cfg, CONTRACT, tmp_path / "lesion.pt").fit(cases_from_folder(tiny_studies.folder))
+    assert result.status == "DONE" and np.isfinite(result.train_loss).all()

@@ -14,7 +14,7 @@ from radcascade.checkpoints import WarmModel
 from radcascade.classifier import classify_lesions, lesion_regions, load_classifier
 from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE, LabelContract
 from radcascade.patches import LesionGeometry
-from radcascade.preprocessing import BoundingBox
+from radcascade.preprocessing import NOISY_STUDY_NOISE_HU, BoundingBox, image_noise_hu
 from radcascade.stages import (
     STAGE_SPECS,
     LesionStage,
@@ -47,6 +47,11 @@ LESION_MIN_INSIDE_ORGAN = 0.75
 # (and by benchmarks/lesion_quality.py) among these candidates with the rule that never loses a lesion
 # >= 10 mm, so it is 0.0 (off) when every cut would; a file without a choice keeps every component.
 MIN_MEAN_PROBABILITY_KEY = "min_mean_probability"
+# A noisy study (a low-dose protocol: image noise measured in the organ >= NOISY_STUDY_NOISE_HU) has its
+# own cut, chosen the same way on the noisy validation studies alone: the false positives of the lesion
+# stage gather in such studies (noise blobs cut out at the probability threshold), where a cut that would
+# cost a routine study a true lesion loses none. A file without it uses the routine cut for every study.
+NOISY_MIN_MEAN_PROBABILITY_KEY = "min_mean_probability_noisy"
 MIN_MEAN_PROBABILITY_CANDIDATES = (0.0, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
@@ -89,6 +94,7 @@ class CascadeResult:
     latencies_s: dict[str, float]
     provisional_classes: bool = True
     notes: list[str] = field(default_factory=list)
+    image_noise_hu: float | None = None  # measured in the served organ (None: no organ, or too small)
 
     def to_json(self, contract: LabelContract) -> dict:
         out = {
@@ -98,6 +104,7 @@ class CascadeResult:
             "lesion_count": len(self.lesions),
             "latencies": {k: round(v, 4) for k, v in self.latencies_s.items()},
             "provisional_classes": self.provisional_classes,
+            "image_noise_hu": None if self.image_noise_hu is None else round(self.image_noise_hu, 1),
         }
         notes = list(self.notes)
         if self.provisional_classes:
@@ -140,6 +147,7 @@ class Cascade:
         classifier_model: str | Path | WarmModel | None = None,
         min_inside_organ: float | None = None,
         min_mean_probability: float | None = None,
+        min_mean_probability_noisy: float | None = None,
     ):
         self.contract = contract
         self.device = device or default_device()
@@ -154,6 +162,7 @@ class Cascade:
         self.min_lesion_ml = min_lesion_ml  # None: the lesion model's own choice, else MIN_LESION_ML
         self.min_inside_organ = min_inside_organ  # None: the lesion model's own choice, else 0.0
         self.min_mean_probability = min_mean_probability  # None: the lesion model's own choice, else 0.0
+        self.min_mean_probability_noisy = min_mean_probability_noisy  # None: the file's, else the routine cut
 
     def run_file(self, path: str | Path) -> tuple[Volume, CascadeResult]:
         t0 = time.perf_counter()
@@ -187,6 +196,7 @@ class Cascade:
         lesion_mask = lesion.mask.cpu().numpy()
         lesion_prob = lesion.probability.cpu().numpy()
         np.copyto(label[organ.box.slices], np.uint8(ORGAN_VALUE), where=organ_mask)
+        noise = image_noise_hu(volume.array[organ.box.slices], organ_mask)
         components, kept, objects = self._components(lesion_mask, voxel_ml, self.lesion_min_ml())
         min_inside = self.lesion_min_inside_organ()
         if min_inside > 0:
@@ -194,7 +204,11 @@ class Cascade:
                     if inside_fraction(components, comp, objects[comp - 1], lesion.box, organ.box, organ_mask) >= min_inside]
         findings = [self._finding(i, comp, objects[comp - 1], components, lesion_prob, lesion.box, volume, voxel_ml)
                     for i, comp in enumerate(kept, start=1)]
-        min_confidence = self.lesion_min_mean_probability()
+        min_confidence = self.lesion_min_mean_probability(noise)
+        notes = []
+        if min_confidence != self.lesion_min_mean_probability():
+            notes.append(f"image noise {noise:.0f} HU (a low-dose study): lesions kept need a mean probability "
+                         f">= {min_confidence} (the noisy-study cut)")
         if min_confidence > 0:
             confident = [(f, comp) for f, comp in zip(findings, kept) if f.mean_probability >= min_confidence]
             findings, kept = [f for f, _ in confident], [comp for _, comp in confident]
@@ -208,7 +222,8 @@ class Cascade:
             provisional = self.classifier_model is None or self.classifier_model.get() is None
         paint(label[lesion.box.slices], components, {comp: f.value for f, comp in zip(findings, kept)}, objects)
         organ_ml = float(organ_mask.sum()) * voxel_ml
-        return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional)
+        return CascadeResult(label, True, organ_ml, findings, latencies, provisional_classes=provisional, notes=notes,
+                             image_noise_hu=noise)
 
     def relabel(self, volume: Volume, label: np.ndarray, keep_drawn_classes: bool = False) -> CascadeResult:
         """Classify the lesions of a (corrected) contract-valued label; outlines stay as drawn.
@@ -291,9 +306,13 @@ class Cascade:
         """Share of a lesion that must lie inside the organ (0: no filter)."""
         return self._lesion_setting(self.min_inside_organ, MIN_INSIDE_ORGAN_KEY, 0.0)
 
-    def lesion_min_mean_probability(self) -> float:
-        """Least mean lesion probability of a lesion kept (0: no filter)."""
-        return self._lesion_setting(self.min_mean_probability, MIN_MEAN_PROBABILITY_KEY, 0.0)
+    def lesion_min_mean_probability(self, noise_hu: float | None = None) -> float:
+        """Least mean lesion probability of a lesion kept (0: no filter) in a study whose image noise is
+        ``noise_hu``: the noisy-study cut from :data:`NOISY_STUDY_NOISE_HU` on, where there is one."""
+        routine = self._lesion_setting(self.min_mean_probability, MIN_MEAN_PROBABILITY_KEY, 0.0)
+        if noise_hu is None or noise_hu < NOISY_STUDY_NOISE_HU:
+            return routine
+        return self._lesion_setting(self.min_mean_probability_noisy, NOISY_MIN_MEAN_PROBABILITY_KEY, routine)
 
     @staticmethod
     def _components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, list[int], list]:

@@ -134,9 +134,11 @@ class BatchDiceCELoss(torch.nn.Module):
         self.distributed = distributed
         self.smooth = smooth
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: optional per-voxel weights of the cross-entropy, ``[B, *spatial]`` (the mean of
+        weighted terms: a weight above 1 adds to the loss, it takes nothing from the other voxels)."""
         labels = target[:, 0].long()
-        ce = F.cross_entropy(logits, labels)
+        ce = F.cross_entropy(logits, labels) if weights is None else (F.cross_entropy(logits, labels, reduction="none") * weights).mean()
         probs = torch.softmax(logits, dim=1)
         onehot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
         dims = [0, *range(2, logits.ndim)]

@@ -23,15 +23,24 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from radcascade.cascade import MIN_MEAN_PROBABILITY_CANDIDATES, organ_from_label
+from radcascade.cascade import (
+    MIN_MEAN_PROBABILITY_CANDIDATES,
+    MIN_MEAN_PROBABILITY_KEY,
+    NOISY_MIN_MEAN_PROBABILITY_KEY,
+    organ_from_label,
+)
 from radcascade.evaluation import dice, match_lesions
 from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
+from radcascade.preprocessing import NOISY_STUDY_NOISE_HU
 from radcascade.sample_data import generate_datastore, protocol_mix
 from radcascade.volumes import load_label_for, load_volume
 
 HELD_OUT_SEED = 5000
 VALIDATION_SEED = 6000  # studies for choosing post-processing: neither training (1000) nor held-out
 SIZE_BANDS_MM = ((0.0, 10.0, "<10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">20 mm"))
+# A lesion whose mean differs from the organ around it by less than this reads as near-isodense: a
+# radiologist finds it by texture, rim or mass effect rather than by its density.
+ISODENSE_HU = 10.0
 MIN_IOU = 0.1
 
 
@@ -89,6 +98,7 @@ class StudyOutcome:
     detected: list[bool] = field(default_factory=list)
     false_positives: int = 0
     latency_s: float = 0.0
+    true_contrast_hu: list[float] = field(default_factory=list)  # |lesion mean - organ around it|, per lesion
 
     @property
     def lesion_dice(self) -> float | None:
@@ -116,7 +126,23 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
         lesion_truth_voxels=int(true_lesion.sum()), lesion_predicted_voxels=int(pred_lesion.sum()),
         true_diameters_mm=diameters, detected=[bool(d) for d in match.true_detected],
         false_positives=int((~match.predicted_hit).sum()), latency_s=round(latency, 4),
+        true_contrast_hu=[round(c, 1) for c in lesion_contrast_hu(volume.array, truth)],
     )
+
+
+def lesion_contrast_hu(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 2) -> list[float]:
+    """Per true lesion (numbered as :func:`radcascade.evaluation.match_lesions` numbers them): the absolute
+    difference between its mean HU and the mean HU of the organ in a ring of ``ring_voxels`` around it
+    (another lesion in the ring is left out); nan where no organ voxel touches it."""
+    structure = np.ones((3, 3, 3), bool)
+    lesions, n = ndimage.label(label >= FIRST_LESION_VALUE, structure)
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(lesions), start=1):
+        grown = tuple(slice(max(0, s.start - ring_voxels), s.stop + ring_voxels) for s in sl)
+        own = lesions[grown] == i
+        ring = ndimage.binary_dilation(own, structure, iterations=ring_voxels) & ~own & (label[grown] == ORGAN_VALUE)
+        out.append(abs(float(hu[grown][own].mean()) - float(hu[grown][ring].mean())) if ring.any() else math.nan)
+    return out
 
 
 def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = print) -> list[StudyOutcome]:
@@ -131,8 +157,12 @@ def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = pr
 
 
 # -- summary statistics ------------------------------------------------------------------------
-def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float) -> tuple[float | None, int]:
-    hits = [d for o in outcomes for size, d in zip(o.true_diameters_mm, o.detected) if lo <= size < hi]
+def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float,
+                 contrast: tuple[float, float] = (0.0, math.inf)) -> tuple[float | None, int]:
+    """Recall of the true lesions of ``lo`` <= diameter < ``hi`` mm (and contrast in ``contrast`` HU), and their number."""
+    hits = [d for o in outcomes
+            for size, d, c in zip(o.true_diameters_mm, o.detected, o.true_contrast_hu or [math.nan] * len(o.detected))
+            if lo <= size < hi and (contrast == (0.0, math.inf) or contrast[0] <= c < contrast[1])]
     return (sum(hits) / len(hits) if hits else None), len(hits)
 
 
@@ -150,6 +180,8 @@ METRICS: dict[str, Callable[[Sequence[StudyOutcome]], float | None]] = {
     **{f"recall {label}": (lambda os, lo=lo, hi=hi: _band_recall(os, lo, hi)[0]) for lo, hi, label in SIZE_BANDS_MM},
     "recall >=10 mm": lambda os: _band_recall(os, 10.0, math.inf)[0],
     "recall (all)": lambda os: _band_recall(os, 0.0, math.inf)[0],
+    f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, (0.0, ISODENSE_HU))[0],
+    f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, (ISODENSE_HU, math.inf))[0],
     "false positives / study": lambda os: float(np.mean([o.false_positives for o in os])) if os else None,
     "lesion Dice (pooled)": _pooled_dice,
     "lesion Dice (mean per study)": lambda os: _mean(o.lesion_dice for o in os if o.lesion_truth_voxels),
@@ -201,6 +233,7 @@ class QualityReport:
 
 def summarise(outcomes: Sequence[StudyOutcome], n_boot: int = 1000, seed: int = 0) -> QualityReport:
     bands = {label: _band_recall(outcomes, lo, hi)[1] for lo, hi, label in SIZE_BANDS_MM}
+    bands[f">=10 mm and <{ISODENSE_HU:g} HU"] = _band_recall(outcomes, 10.0, math.inf, (0.0, ISODENSE_HU))[1]
     metrics = {name: bootstrap(outcomes, fn, n_boot, seed) for name, fn in METRICS.items()}
     by_protocol = {}
     for protocol in sorted({o.protocol for o in outcomes}):
@@ -303,19 +336,44 @@ def choose_min_lesion_ml(tables: Sequence[ComponentTable], candidates=MIN_LESION
     return FilterChoice(_pick(scores), curve)
 
 
+@dataclass(frozen=True)
+class ConfidenceChoice:
+    """The least mean probability of a lesion kept, chosen apart for routine and noisy studies."""
+
+    routine: FilterChoice
+    noisy: FilterChoice | None  # None: no noisy validation study, noisy studies get the routine cut
+    noisy_studies: int = 0
+
+    def settings(self) -> dict:
+        """Model-file summary entries: both cuts and their curves (the noisy ones only where chosen)."""
+        out = {}
+        for key, choice in ((MIN_MEAN_PROBABILITY_KEY, self.routine), (NOISY_MIN_MEAN_PROBABILITY_KEY, self.noisy)):
+            if choice is not None:
+                out.update({key: choice.chosen, f"{key}_curve": {str(k): v for k, v in choice.curve.items()}})
+        return out
+
+
 def choose_min_mean_probability(cascade, cases: Sequence[tuple], organ_from_truth: bool = False,
-                                candidates=MIN_MEAN_PROBABILITY_CANDIDATES) -> FilterChoice:
+                                candidates=MIN_MEAN_PROBABILITY_CANDIDATES) -> ConfidenceChoice:
     """The least mean lesion probability of a lesion kept, by :func:`_pick`'s rule, on ``cases`` of
     ``(volume, contract label)`` run through the served cascade (its other filters as they are; with
-    ``organ_from_truth`` inside the true organ, as the trainer validates the lesion stage alone)."""
-    before = cascade.min_mean_probability
+    ``organ_from_truth`` inside the true organ, as the trainer validates the lesion stage alone): once on
+    the routine studies and once on the noisy ones, told apart by the image noise the cascade measures."""
+    before = cascade.min_mean_probability, cascade.min_mean_probability_noisy
     runs = {}
     try:
         for t in candidates:
-            cascade.min_mean_probability = t
+            cascade.min_mean_probability = cascade.min_mean_probability_noisy = t
             runs[t] = [_detections(cascade, volume, label, organ_from_truth) for volume, label in cases]
     finally:
-        cascade.min_mean_probability = before
+        cascade.min_mean_probability, cascade.min_mean_probability_noisy = before
+    noisy = [noise is not None and noise >= NOISY_STUDY_NOISE_HU for *_, noise in runs[candidates[0]]] if cases else []
+    routine_choice = _choose_cut({t: [r[:5] for r, n in zip(per, noisy) if not n] for t, per in runs.items()})
+    noisy_choice = _choose_cut({t: [r[:5] for r, n in zip(per, noisy) if n] for t, per in runs.items()})
+    return ConfidenceChoice(routine_choice, noisy_choice if any(noisy) else None, sum(noisy))
+
+
+def _choose_cut(runs: dict[float, list[tuple]]) -> FilterChoice:
     curve, scores = {}, {}
     for t, per_study in runs.items():
         sums = np.sum(per_study, axis=0) if per_study else np.zeros(5, int)
@@ -325,17 +383,19 @@ def choose_min_mean_probability(cascade, cases: Sequence[tuple], organ_from_trut
     return FilterChoice(_pick(scores), curve)
 
 
-def _detections(cascade, volume, label: np.ndarray, organ_from_truth: bool) -> tuple[int, int, int, int, int]:
-    """(lesions >= 10 mm detected, lesions >= 10 mm, detected, lesions, false positives) of one study."""
+def _detections(cascade, volume, label: np.ndarray, organ_from_truth: bool) -> tuple:
+    """(lesions >= 10 mm detected, lesions >= 10 mm, detected, lesions, false positives, image noise in HU)
+    of one study."""
     organ = organ_from_label(label >= ORGAN_VALUE, cascade.device) if organ_from_truth else None
     if organ_from_truth and organ is None:
-        return 0, 0, 0, 0, 0
+        return 0, 0, 0, 0, 0, None
     result = cascade.run(volume, organ=organ)
     match = match_lesions(result.label >= FIRST_LESION_VALUE, label >= FIRST_LESION_VALUE, MIN_IOU)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     big = equivalent_diameter_mm(match.true_voxels * voxel_ml) >= 10.0
     hit = np.asarray(match.true_detected, bool)
-    return (int(hit[big].sum()), int(big.sum()), int(hit.sum()), len(hit), int((~np.asarray(match.predicted_hit, bool)).sum()))
+    return (int(hit[big].sum()), int(big.sum()), int(hit.sum()), len(hit),
+            int((~np.asarray(match.predicted_hit, bool)).sum()), result.image_noise_hu)
 
 
 def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED) -> FilterChoice:
@@ -345,24 +405,41 @@ def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int =
                                  for name, (volume, label) in zip(held.names, held.cases())])
 
 
-def confidence_on_validation(cascade, folder: Path, n_studies: int = 40, seed: int = VALIDATION_SEED) -> FilterChoice:
+def confidence_on_validation(cascade, folder: Path, n_studies: int = 40, seed: int = VALIDATION_SEED) -> ConfidenceChoice:
     """Generate validation studies (same mix as the held-out set) and choose the least mean probability of a
     lesion kept on them, through the served cascade."""
     return choose_min_mean_probability(cascade, make_held_out_set(folder, n_studies, seed).cases())
 
 
-def record_choice(model_path: Path, choice: FilterChoice, source: str, key: str | None = None) -> None:
-    """Write a filter choice (``key``: the smallest lesion kept by default, or ``min_mean_probability``),
-    its curve and where it was made into a lesion model file's summary (atomically; the weights are unchanged)."""
+def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
+    """Write the smallest lesion kept, its curve and where it was chosen into a lesion model file's summary
+    (atomically; the weights are unchanged)."""
     from dataclasses import replace
 
     from radcascade.cascade import MIN_LESION_ML_KEY
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
 
-    key = key or MIN_LESION_ML_KEY
     ckpt = read_checkpoint(model_path)
+    key = MIN_LESION_ML_KEY
     summary = {**ckpt.summary, key: choice.chosen, f"{key}_curve": {str(k): v for k, v in choice.curve.items()},
                f"{key}_source": source}
+    publish_checkpoint(replace(ckpt, summary=summary), model_path)
+
+
+def record_confidence(model_path: Path, choice: ConfidenceChoice, source: str) -> None:
+    """Write both confidence cuts, their curves and where they were chosen into a lesion model file's summary
+    (atomically; the weights are unchanged). Without a noisy choice an earlier one is removed: noisy studies
+    then get the routine cut, as nothing was measured for them with this model."""
+    from dataclasses import replace
+
+    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(model_path)
+    summary = {k: v for k, v in ckpt.summary.items() if not k.startswith(NOISY_MIN_MEAN_PROBABILITY_KEY)}
+    summary.update(choice.settings())
+    summary[f"{MIN_MEAN_PROBABILITY_KEY}_source"] = source
+    if choice.noisy is not None:
+        summary[f"{NOISY_MIN_MEAN_PROBABILITY_KEY}_source"] = f"{source}; the {choice.noisy_studies} noisy ones"
     publish_checkpoint(replace(ckpt, summary=summary), model_path)
 
 
@@ -411,17 +488,18 @@ def record_organ_threshold(model_path: Path, curve: dict[float, float], source: 
 def record_lesion_settings(model_path: Path, settings: dict, source: str) -> None:
     """Write serving settings of the lesion stage chosen on validation (``mirror_axes``, ``threshold``,
     ``margin_mm``: see :class:`radcascade.stages.LesionStage`; ``min_inside_organ``, ``min_lesion_ml``,
-    ``min_mean_probability``: see
+    ``min_mean_probability``, ``min_mean_probability_noisy``: see
     :class:`radcascade.cascade.Cascade`) into its model file, atomically."""
     from dataclasses import replace
 
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
-    from radcascade.cascade import MIN_INSIDE_ORGAN_KEY, MIN_LESION_ML_KEY, MIN_MEAN_PROBABILITY_KEY
+    from radcascade.cascade import MIN_INSIDE_ORGAN_KEY, MIN_LESION_ML_KEY
     from radcascade.stages import MARGIN_KEY, MIRROR_AXES_KEY, THRESHOLD_KEY
 
     keys = {"mirror_axes": MIRROR_AXES_KEY, "threshold": THRESHOLD_KEY, "margin_mm": MARGIN_KEY,
             "min_inside_organ": MIN_INSIDE_ORGAN_KEY, "min_lesion_ml": MIN_LESION_ML_KEY,
-            "min_mean_probability": MIN_MEAN_PROBABILITY_KEY}
+            "min_mean_probability": MIN_MEAN_PROBABILITY_KEY,
+            "min_mean_probability_noisy": NOISY_MIN_MEAN_PROBABILITY_KEY}
     ckpt = read_checkpoint(model_path)
     chosen = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v is not None}
     if MIN_LESION_ML_KEY in chosen:  # the trainer's earlier choice and its curve no longer apply

@@ -29,12 +29,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from monai import transforms as mt
+from scipy import ndimage
 
 from radcascade.cascade import (
     LESION_MIN_INSIDE_ORGAN,
     MIN_INSIDE_ORGAN_KEY,
     MIN_LESION_ML_KEY,
     MIN_MEAN_PROBABILITY_KEY,
+    NOISY_MIN_MEAN_PROBABILITY_KEY,
     Cascade,
     served_dice_counts,
 )
@@ -99,6 +101,10 @@ class TrainConfig:
     amp: bool = True
     max_minutes: float | None = None  # stop early (still publishing the best) after this time
     val_every: int = 1
+    # Cross-entropy weight of a lesion's voxels grows as the lesion shrinks, up to this (1: off): see
+    # small_lesion_weights. Voxel-wise losses are ruled by large lesions; a 10 mm lesion has 1/27 of the
+    # voxels of a 30 mm one and is the one a radiologist needs found.
+    small_lesion_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -111,6 +117,8 @@ class TrainConfig:
             self.patch_size = (64, 64, 32)
         if self.max_epochs < 1:
             raise ValueError("max_epochs must be >= 1")
+        if self.small_lesion_weight < 1:
+            raise ValueError("small_lesion_weight must be >= 1 (1: every voxel weighs the same)")
 
     @property
     def stage_spec(self) -> StageSpec:
@@ -200,6 +208,28 @@ def split_cases(cases: Sequence[TrainingCase], val_fraction: float, seed: int) -
 # study, which fills the server's training log with what looks like an error; this one message is muted.
 warnings.filterwarnings("ignore", message=r"Num foregrounds 0, .*unable to generate class balanced samples",
                         category=UserWarning)
+
+
+# A lesion of this diameter (and larger) keeps weight 1 under small_lesion_weights.
+SMALL_LESION_REFERENCE_MM = 20.0
+
+
+def small_lesion_weights(target: torch.Tensor, spacing, max_weight: float) -> torch.Tensor:
+    """Per-voxel cross-entropy weights ``[B, *spatial]`` for a binary target ``[B, 1, *spatial]`` on a grid
+    of ``spacing`` mm: background 1; every voxel of a connected lesion (as much of it as the patch holds)
+    ``reference / its voxels``, clipped to [1, ``max_weight``], with reference the voxels of a
+    :data:`SMALL_LESION_REFERENCE_MM` sphere; so each lesion up to that size weighs about the same."""
+    reference = math.pi / 6 * SMALL_LESION_REFERENCE_MM**3 / float(np.prod(spacing))
+    mask = target[:, 0].cpu().numpy() > 0
+    weights = np.ones(mask.shape, np.float32)
+    structure = np.ones((3, 3, 3), bool)
+    for b in range(mask.shape[0]):
+        components, n = ndimage.label(mask[b], structure)
+        if n:
+            sizes = np.bincount(components.ravel())[1:].astype(np.float32)
+            per_lesion = np.clip(reference / sizes, 1.0, max_weight)
+            weights[b][components > 0] = per_lesion[components[components > 0] - 1]
+    return torch.from_numpy(weights)
 
 
 def _augment(patch_size, pos_fraction: float, samples: int) -> mt.Compose:
@@ -316,18 +346,20 @@ class Trainer:
         # the recipe's test-time mirroring and organ-overlap filter, served with it
         recipe = {MIRROR_AXES_KEY: list(LESION_MIRROR_AXES), MIN_INSIDE_ORGAN_KEY: LESION_MIN_INSIDE_ORGAN}
         if not val:
-            previous = {key: self._previous_choice(key, result) for key in (MIN_LESION_ML_KEY, MIN_MEAN_PROBABILITY_KEY)}
+            previous = {key: self._previous_choice(key, result)
+                        for key in (MIN_LESION_ML_KEY, MIN_MEAN_PROBABILITY_KEY, NOISY_MIN_MEAN_PROBABILITY_KEY)}
             return {**recipe, **{k: v for k, v in previous.items() if v is not None}}
         cascade = self._served(net, recipe)
         size = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
         post = {**recipe, MIN_LESION_ML_KEY: size.chosen, "min_lesion_ml_curve": {str(k): v for k, v in size.curve.items()}}
         confidence = choose_min_mean_probability(self._served(net, post), [(c.volume, c.label) for c in val],
                                                  organ_from_truth=True)
-        post.update({MIN_MEAN_PROBABILITY_KEY: confidence.chosen,
-                     "min_mean_probability_curve": {str(k): v for k, v in confidence.curve.items()}})
+        post.update(confidence.settings())
         result.best_metric = round(self._validate(net, val, post), 5)
+        noisy = (f", in a noisy study {confidence.noisy.chosen} ({confidence.noisy_studies} noisy validation studies)"
+                 if confidence.noisy is not None else "")
         self.progress(f"[{self.cfg.stage}] smallest lesion kept: {size.chosen} ml, least mean probability kept: "
-                      f"{confidence.chosen} (chosen on validation); served validation Dice {result.best_metric}")
+                      f"{confidence.routine.chosen}{noisy} (chosen on validation); served validation Dice {result.best_metric}")
         return post
 
     def fit(self, cases: Sequence[TrainingCase]) -> TrainResult:
@@ -390,11 +422,14 @@ class Trainer:
                 mine = order[b * per_global:(b + 1) * per_global][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
                 batch = [patches[i] for i in mine]
                 x = torch.stack([torch.as_tensor(p["image"]) for p in batch]).to(self.device, non_blocking=True)
-                y = torch.stack([torch.as_tensor(p["label"]) for p in batch]).to(self.device, non_blocking=True)
+                y = torch.stack([torch.as_tensor(p["label"]) for p in batch])
+                weights = (small_lesion_weights(y, cfg.spacing, cfg.small_lesion_weight).to(self.device, non_blocking=True)
+                           if cfg.small_lesion_weight > 1 else None)
+                y = y.to(self.device, non_blocking=True)
                 optimiser.zero_grad(set_to_none=True)
                 with autocast_for(self.device, cfg.amp):
                     logits = model(x)
-                loss = loss_fn(logits.float(), y.float())
+                loss = loss_fn(logits.float(), y.float(), weights)
                 scaler.scale(loss).backward()
                 scaler.step(optimiser)
                 scaler.update()
@@ -482,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --generate: every N-th study low-dose (the held-out evaluation's mix is 4)")
     p.add_argument("--lesion-free-every", type=int, default=0,
                    help="with --generate: every N-th study without lesions (the held-out evaluation's mix is 8)")
+    p.add_argument("--lesions", type=int, nargs=2, default=(0, 5), metavar=("MIN", "MAX"),
+                   help="with --generate: lesions per study (more shows the lesion stage more small lesions)")
     p.add_argument("--out", type=Path, required=True, help="folder for organ.pt / lesion.pt")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--epochs", type=int, default=50)
@@ -491,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="peak learning rate (cosine decay to 5%%); lower it to fine-tune warm-started weights")
     p.add_argument("--val-every", type=int, default=1, help="validate (the served stage) every N epochs")
     p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
+    p.add_argument("--small-lesion-weight", type=float, default=1.0,
+                   help="lesion stage: cross-entropy weight of the voxels of a small lesion, at most this (1: off)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -499,7 +538,8 @@ def main(argv: list[str] | None = None) -> None:
         studies = Path(tempfile.mkdtemp(prefix="radcascade-train-"))
         print(f"generating {a.generate} studies (seed {a.seed}) in {studies}", flush=True)
         low_dose, lesion_free = protocol_mix(a.generate, a.low_dose_every, a.lesion_free_every)
-        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train", low_dose=low_dose, lesion_free=lesion_free)
+        generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train", low_dose=low_dose, lesion_free=lesion_free,
+                           lesions=tuple(a.lesions))
     if studies is None:
         p.error("give --studies or --generate")
     cases = cases_from_folder(studies)
@@ -509,7 +549,8 @@ def main(argv: list[str] | None = None) -> None:
         for stage in a.stages:
             epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
             cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold,
-                              learning_rate=a.learning_rate, val_every=a.val_every)
+                              learning_rate=a.learning_rate, val_every=a.val_every,
+                              small_lesion_weight=a.small_lesion_weight if stage == "lesion" else 1.0)
             Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True), dist=dist).fit(cases)
     finally:
         shutdown()
