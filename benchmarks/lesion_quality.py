@@ -146,7 +146,7 @@ def main() -> None:
     trial_args = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
                           for k, v in {**trial, **filters}.items()
                           if v is not None)
-    meta = {"command": "benchmarks/lesion_quality.py --models " + " ".join(a.models)
+    meta = {"command": "benchmarks/lesion_quality.py --models " + " ".join(a.models).replace(f"{REPO}/", "")
             + (f" --studies {a.studies} --seed {a.seed} " if (a.studies, a.seed) != (60, HELD_OUT_SEED) else " ")
             + trial_args,
             "studies": a.studies, "seed": a.seed, "date": time.strftime("%Y-%m-%d"),

@@ -36,12 +36,13 @@ def test_recall_by_size_band_false_positives_and_pooled_dice():
     assert "| recall <10 mm | 0.500" in markdown_table({"x": report})
 
 
-def test_lesion_contrast_and_recall_of_near_isodense_lesions():
-    """Contrast is the lesion's mean against the organ ring around it; recall is reported apart for lesions
-    >= 10 mm under and over ISODENSE_HU of contrast."""
+def test_lesion_contrast_class_and_recall_by_contrast_and_class():
+    """Contrast is the lesion's mean against the organ ring around it, the class its painted value; recall
+    of lesions >= 10 mm is reported apart under and over ISODENSE_HU of contrast, and of 10-20 mm lesions
+    per class."""
     import numpy as np
 
-    from radcascade.lesion_quality import ISODENSE_HU, lesion_contrast_hu
+    from radcascade.lesion_quality import ISODENSE_HU, describe_true_lesions
 
     label = np.zeros((40, 40, 20), np.uint8)
     label[5:35, 5:35, 2:18] = 1
@@ -50,13 +51,15 @@ def test_lesion_contrast_and_recall_of_near_isodense_lesions():
     hu = np.where(label == 1, 60.0, -100.0).astype(np.float32)
     hu[label == 2] = 35.0  # hypodense: 25 HU
     hu[label == 3] = 64.0  # near-isodense: 4 HU
-    assert lesion_contrast_hu(hu, label) == pytest.approx([25.0, 4.0])
+    (c1, v1), (c2, v2) = describe_true_lesions(hu, label)
+    assert (c1, v1, c2, v2) == (pytest.approx(25.0), 2, pytest.approx(4.0), 3)
 
-    outcomes = [_outcome("a", [12.0, 30.0, 15.0], [True, False, True], 0)]
-    outcomes[0].true_contrast_hu = [25.0, 4.0, 30.0]
+    outcomes = [_outcome("a", [12.0, 30.0, 15.0], [True, False, False], 0)]
+    outcomes[0].true_contrast_hu, outcomes[0].true_classes = [25.0, 4.0, 30.0], [2, 3, 3]
     m = {k: v.value for k, v in summarise(outcomes, n_boot=50).metrics.items()}
     assert m[f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU"] == 0.0
-    assert m[f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU"] == 1.0
+    assert m[f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU"] == 0.5
+    assert m["recall 10-20 mm, benign"] == 1.0 and m["recall 10-20 mm, malignant"] == 0.0
 
 
 def test_bootstrap_of_a_constant_is_the_constant():

@@ -30,7 +30,7 @@ from radcascade.cascade import (
     organ_from_label,
 )
 from radcascade.evaluation import dice, match_lesions
-from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE
+from radcascade.labels import DEFAULT_LESION_CLASSES, FIRST_LESION_VALUE, ORGAN_VALUE
 from radcascade.preprocessing import NOISY_STUDY_NOISE_HU
 from radcascade.sample_data import generate_datastore, protocol_mix
 from radcascade.volumes import load_label_for, load_volume
@@ -99,6 +99,7 @@ class StudyOutcome:
     false_positives: int = 0
     latency_s: float = 0.0
     true_contrast_hu: list[float] = field(default_factory=list)  # |lesion mean - organ around it|, per lesion
+    true_classes: list[int] = field(default_factory=list)  # label value of each true lesion
 
     @property
     def lesion_dice(self) -> float | None:
@@ -118,6 +119,7 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
     match = match_lesions(pred_lesion, true_lesion, MIN_IOU)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     diameters = [round(float(d), 2) for d in equivalent_diameter_mm(match.true_voxels * voxel_ml)]
+    true_lesions = describe_true_lesions(volume.array, truth)
     name = Path(image).name.split(".")[0]
     return StudyOutcome(
         name=name, protocol=protocol,
@@ -126,14 +128,16 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
         lesion_truth_voxels=int(true_lesion.sum()), lesion_predicted_voxels=int(pred_lesion.sum()),
         true_diameters_mm=diameters, detected=[bool(d) for d in match.true_detected],
         false_positives=int((~match.predicted_hit).sum()), latency_s=round(latency, 4),
-        true_contrast_hu=[round(c, 1) for c in lesion_contrast_hu(volume.array, truth)],
+        true_contrast_hu=[round(c, 1) for c, _ in true_lesions],
+        true_classes=[v for _, v in true_lesions],
     )
 
 
-def lesion_contrast_hu(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 2) -> list[float]:
-    """Per true lesion (numbered as :func:`radcascade.evaluation.match_lesions` numbers them): the absolute
-    difference between its mean HU and the mean HU of the organ in a ring of ``ring_voxels`` around it
-    (another lesion in the ring is left out); nan where no organ voxel touches it."""
+def describe_true_lesions(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 2) -> list[tuple[float, int]]:
+    """Per true lesion (numbered as :func:`radcascade.evaluation.match_lesions` numbers them): its contrast,
+    the absolute difference between its mean HU and the mean HU of the organ in a ring of ``ring_voxels``
+    around it (another lesion in the ring is left out; nan where no organ voxel touches it), and the label
+    value painted on most of it (its class)."""
     structure = np.ones((3, 3, 3), bool)
     lesions, n = ndimage.label(label >= FIRST_LESION_VALUE, structure)
     out = []
@@ -141,7 +145,8 @@ def lesion_contrast_hu(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 2) 
         grown = tuple(slice(max(0, s.start - ring_voxels), s.stop + ring_voxels) for s in sl)
         own = lesions[grown] == i
         ring = ndimage.binary_dilation(own, structure, iterations=ring_voxels) & ~own & (label[grown] == ORGAN_VALUE)
-        out.append(abs(float(hu[grown][own].mean()) - float(hu[grown][ring].mean())) if ring.any() else math.nan)
+        contrast = abs(float(hu[grown][own].mean()) - float(hu[grown][ring].mean())) if ring.any() else math.nan
+        out.append((contrast, int(np.bincount(label[grown][own]).argmax())))
     return out
 
 
@@ -158,12 +163,21 @@ def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = pr
 
 # -- summary statistics ------------------------------------------------------------------------
 def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float,
-                 contrast: tuple[float, float] = (0.0, math.inf)) -> tuple[float | None, int]:
-    """Recall of the true lesions of ``lo`` <= diameter < ``hi`` mm (and contrast in ``contrast`` HU), and their number."""
-    hits = [d for o in outcomes
-            for size, d, c in zip(o.true_diameters_mm, o.detected, o.true_contrast_hu or [math.nan] * len(o.detected))
-            if lo <= size < hi and (contrast == (0.0, math.inf) or contrast[0] <= c < contrast[1])]
+                 contrast: tuple[float, float] | None = None, value: int | None = None) -> tuple[float | None, int]:
+    """Recall of the true lesions of ``lo`` <= diameter < ``hi`` mm (and, where given, contrast in
+    ``contrast`` HU, label value ``value``), and their number."""
+    hits = []
+    for o in outcomes:
+        contrasts = o.true_contrast_hu or [math.nan] * len(o.detected)
+        values = o.true_classes or [None] * len(o.detected)
+        for size, d, c, v in zip(o.true_diameters_mm, o.detected, contrasts, values):
+            if lo <= size < hi and (contrast is None or contrast[0] <= c < contrast[1]) and (value is None or v == value):
+                hits.append(d)
     return (sum(hits) / len(hits) if hits else None), len(hits)
+
+
+# the held-out set is generated with the default label contract: its lesion classes, by label value
+_CLASSES = {FIRST_LESION_VALUE + i: name.removeprefix("lesion ") for i, name in enumerate(DEFAULT_LESION_CLASSES)}
 
 
 def _pooled_dice(outcomes: Sequence[StudyOutcome]) -> float | None:
@@ -182,6 +196,7 @@ METRICS: dict[str, Callable[[Sequence[StudyOutcome]], float | None]] = {
     "recall (all)": lambda os: _band_recall(os, 0.0, math.inf)[0],
     f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, (0.0, ISODENSE_HU))[0],
     f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, (ISODENSE_HU, math.inf))[0],
+    **{f"recall 10-20 mm, {name}": (lambda os, v=v: _band_recall(os, 10.0, 20.0, value=v)[0]) for v, name in _CLASSES.items()},
     "false positives / study": lambda os: float(np.mean([o.false_positives for o in os])) if os else None,
     "lesion Dice (pooled)": _pooled_dice,
     "lesion Dice (mean per study)": lambda os: _mean(o.lesion_dice for o in os if o.lesion_truth_voxels),

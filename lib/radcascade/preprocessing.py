@@ -27,7 +27,7 @@ def image_noise_hu(hu: np.ndarray, mask: np.ndarray, max_slices: int = 32) -> fl
     """Quantum noise of a CT (standard deviation, HU) measured inside ``mask`` (e.g. the organ): the
     robust spread (median absolute deviation) of differences between x-neighbours that both lie in the
     mask, divided by sqrt(2). Vessels, lesion edges and organ texture barely move a median; about
-    ``max_slices`` evenly spaced z-slices are read, so the cost does not grow with the organ. Noise that is
+    ``max_slices`` evenly spaced z-slices are read (milliseconds on a 2-litre organ). Noise that is
     correlated between neighbours (a smooth reconstruction kernel) reads lower than an ROI's standard
     deviation. None when the mask holds too few neighbour pairs (under 200)."""
     step = max(1, int(np.ceil(hu.shape[2] / max_slices)))
