@@ -321,6 +321,10 @@ class FilterChoice:
     chosen: float  # the smallest lesion kept (ml), or the least mean probability
     curve: dict[float, dict[str, float]]  # threshold -> recall (all, >= 10 mm), false positives per study
 
+    def settings(self, key: str) -> dict:
+        """Model-file summary entries: the choice under ``key``, its curve under ``<key>_curve``."""
+        return {key: self.chosen, f"{key}_curve": {str(k): v for k, v in self.curve.items()}}
+
 
 def _detection_point(detected10: int, n10: int, detected: int, n: int, fps: int, studies: int) -> dict[str, float]:
     return {"recall": detected / n if n else 0.0, "recall_ge_10mm": detected10 / n10 if n10 else 0.0,
@@ -361,10 +365,9 @@ class ConfidenceChoice:
 
     def settings(self) -> dict:
         """Model-file summary entries: both cuts and their curves (the noisy ones only where chosen)."""
-        out = {}
-        for key, choice in ((MIN_MEAN_PROBABILITY_KEY, self.routine), (NOISY_MIN_MEAN_PROBABILITY_KEY, self.noisy)):
-            if choice is not None:
-                out.update({key: choice.chosen, f"{key}_curve": {str(k): v for k, v in choice.curve.items()}})
+        out = self.routine.settings(MIN_MEAN_PROBABILITY_KEY)
+        if self.noisy is not None:
+            out.update(self.noisy.settings(NOISY_MIN_MEAN_PROBABILITY_KEY))
         return out
 
 
@@ -382,13 +385,14 @@ def choose_min_mean_probability(cascade, cases: Sequence[tuple], organ_from_trut
             runs[t] = [_detections(cascade, volume, label, organ_from_truth) for volume, label in cases]
     finally:
         cascade.min_mean_probability, cascade.min_mean_probability_noisy = before
-    noisy = [noise is not None and noise >= NOISY_STUDY_NOISE_HU for *_, noise in runs[candidates[0]]] if cases else []
-    routine_choice = _choose_cut({t: [r[:5] for r, n in zip(per, noisy) if not n] for t, per in runs.items()})
-    noisy_choice = _choose_cut({t: [r[:5] for r, n in zip(per, noisy) if n] for t, per in runs.items()})
+    noisy = [noise is not None and noise >= NOISY_STUDY_NOISE_HU for _, noise in runs[candidates[0]]] if cases else []
+    routine_choice = _choose_cut({t: [c for (c, _), n in zip(per, noisy) if not n] for t, per in runs.items()})
+    noisy_choice = _choose_cut({t: [c for (c, _), n in zip(per, noisy) if n] for t, per in runs.items()})
     return ConfidenceChoice(routine_choice, noisy_choice if any(noisy) else None, sum(noisy))
 
 
 def _choose_cut(runs: dict[float, list[tuple]]) -> FilterChoice:
+    """:func:`_pick`'s choice from each candidate's per-study detection counts (see :func:`_detections`)."""
     curve, scores = {}, {}
     for t, per_study in runs.items():
         sums = np.sum(per_study, axis=0) if per_study else np.zeros(5, int)
@@ -398,19 +402,19 @@ def _choose_cut(runs: dict[float, list[tuple]]) -> FilterChoice:
     return FilterChoice(_pick(scores), curve)
 
 
-def _detections(cascade, volume, label: np.ndarray, organ_from_truth: bool) -> tuple:
-    """(lesions >= 10 mm detected, lesions >= 10 mm, detected, lesions, false positives, image noise in HU)
-    of one study."""
+def _detections(cascade, volume, label: np.ndarray, organ_from_truth: bool) -> tuple[tuple, float | None]:
+    """One study's counts (lesions >= 10 mm detected, lesions >= 10 mm, detected, lesions, false positives)
+    and its image noise in HU (as the cascade measured it)."""
     organ = organ_from_label(label >= ORGAN_VALUE, cascade.device) if organ_from_truth else None
     if organ_from_truth and organ is None:
-        return 0, 0, 0, 0, 0, None
+        return (0, 0, 0, 0, 0), None
     result = cascade.run(volume, organ=organ)
     match = match_lesions(result.label >= FIRST_LESION_VALUE, label >= FIRST_LESION_VALUE, MIN_IOU)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     big = equivalent_diameter_mm(match.true_voxels * voxel_ml) >= 10.0
     hit = np.asarray(match.true_detected, bool)
-    return (int(hit[big].sum()), int(big.sum()), int(hit.sum()), len(hit),
-            int((~np.asarray(match.predicted_hit, bool)).sum()), result.image_noise_hu)
+    counts = (int(hit[big].sum()), int(big.sum()), int(hit.sum()), len(hit), int((~np.asarray(match.predicted_hit, bool)).sum()))
+    return counts, result.image_noise_hu
 
 
 def choose_on_validation(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED) -> FilterChoice:
@@ -426,36 +430,37 @@ def confidence_on_validation(cascade, folder: Path, n_studies: int = 40, seed: i
     return choose_min_mean_probability(cascade, make_held_out_set(folder, n_studies, seed).cases())
 
 
-def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
-    """Write the smallest lesion kept, its curve and where it was chosen into a lesion model file's summary
-    (atomically; the weights are unchanged)."""
+def _rewrite_summary(model_path: Path, rewrite: Callable[[dict], dict]) -> None:
+    """Replace a model file's summary by ``rewrite(summary)``, atomically; the weights are unchanged."""
     from dataclasses import replace
 
-    from radcascade.cascade import MIN_LESION_ML_KEY
     from radcascade.checkpoints import publish_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(model_path)
-    key = MIN_LESION_ML_KEY
-    summary = {**ckpt.summary, key: choice.chosen, f"{key}_curve": {str(k): v for k, v in choice.curve.items()},
-               f"{key}_source": source}
-    publish_checkpoint(replace(ckpt, summary=summary), model_path)
+    publish_checkpoint(replace(ckpt, summary=rewrite(dict(ckpt.summary))), model_path)
+
+
+def record_choice(model_path: Path, choice: FilterChoice, source: str) -> None:
+    """Write the smallest lesion kept, its curve and where it was chosen into a lesion model file's summary."""
+    from radcascade.cascade import MIN_LESION_ML_KEY
+
+    _rewrite_summary(model_path, lambda summary: {**summary, **choice.settings(MIN_LESION_ML_KEY),
+                                                  f"{MIN_LESION_ML_KEY}_source": source})
 
 
 def record_confidence(model_path: Path, choice: ConfidenceChoice, source: str) -> None:
-    """Write both confidence cuts, their curves and where they were chosen into a lesion model file's summary
-    (atomically; the weights are unchanged). Without a noisy choice an earlier one is removed: noisy studies
-    then get the routine cut, as nothing was measured for them with this model."""
-    from dataclasses import replace
+    """Write both confidence cuts, their curves and where they were chosen into a lesion model file's summary.
+    Without a noisy choice an earlier one is removed: noisy studies then get the routine cut, as nothing was
+    measured for them with this model."""
+    def rewrite(summary: dict) -> dict:
+        summary = {k: v for k, v in summary.items() if not k.startswith(NOISY_MIN_MEAN_PROBABILITY_KEY)}
+        summary.update(choice.settings())
+        summary[f"{MIN_MEAN_PROBABILITY_KEY}_source"] = source
+        if choice.noisy is not None:
+            summary[f"{NOISY_MIN_MEAN_PROBABILITY_KEY}_source"] = f"{source}; the {choice.noisy_studies} noisy ones"
+        return summary
 
-    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
-
-    ckpt = read_checkpoint(model_path)
-    summary = {k: v for k, v in ckpt.summary.items() if not k.startswith(NOISY_MIN_MEAN_PROBABILITY_KEY)}
-    summary.update(choice.settings())
-    summary[f"{MIN_MEAN_PROBABILITY_KEY}_source"] = source
-    if choice.noisy is not None:
-        summary[f"{NOISY_MIN_MEAN_PROBABILITY_KEY}_source"] = f"{source}; the {choice.noisy_studies} noisy ones"
-    publish_checkpoint(replace(ckpt, summary=summary), model_path)
+    _rewrite_summary(model_path, rewrite)
 
 
 def organ_threshold_curve(cascade, folder: Path, n_studies: int = 20, seed: int = VALIDATION_SEED,
@@ -485,18 +490,13 @@ def record_organ_threshold(model_path: Path, curve: dict[float, float], source: 
                            mirror_axes: tuple[int, ...] | None = None) -> float:
     """Write the best cut of ``curve`` (and the mirroring it was measured with, when given) into an organ
     model file (atomically; the weights are unchanged)."""
-    from dataclasses import replace
-
-    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
     from radcascade.stages import MIRROR_AXES_KEY, ORGAN_THRESHOLD_KEY, pick_organ_threshold
 
     chosen = pick_organ_threshold(curve)
-    ckpt = read_checkpoint(model_path)
-    summary = {**ckpt.summary, ORGAN_THRESHOLD_KEY: chosen, "organ_threshold_curve": {str(k): v for k, v in curve.items()},
-               "organ_threshold_source": source}
-    if mirror_axes is not None:
-        summary[MIRROR_AXES_KEY] = list(mirror_axes)
-    publish_checkpoint(replace(ckpt, summary=summary), model_path)
+    mirror = {} if mirror_axes is None else {MIRROR_AXES_KEY: list(mirror_axes)}
+    _rewrite_summary(model_path, lambda summary: {
+        **summary, ORGAN_THRESHOLD_KEY: chosen, "organ_threshold_curve": {str(k): v for k, v in curve.items()},
+        "organ_threshold_source": source, **mirror})
     return chosen
 
 
@@ -505,9 +505,6 @@ def record_lesion_settings(model_path: Path, settings: dict, source: str) -> Non
     ``margin_mm``: see :class:`radcascade.stages.LesionStage`; ``min_inside_organ``, ``min_lesion_ml``,
     ``min_mean_probability``, ``min_mean_probability_noisy``: see
     :class:`radcascade.cascade.Cascade`) into its model file, atomically."""
-    from dataclasses import replace
-
-    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
     from radcascade.cascade import MIN_INSIDE_ORGAN_KEY, MIN_LESION_ML_KEY
     from radcascade.stages import MARGIN_KEY, MIRROR_AXES_KEY, THRESHOLD_KEY
 
@@ -515,9 +512,8 @@ def record_lesion_settings(model_path: Path, settings: dict, source: str) -> Non
             "min_inside_organ": MIN_INSIDE_ORGAN_KEY, "min_lesion_ml": MIN_LESION_ML_KEY,
             "min_mean_probability": MIN_MEAN_PROBABILITY_KEY,
             "min_mean_probability_noisy": NOISY_MIN_MEAN_PROBABILITY_KEY}
-    ckpt = read_checkpoint(model_path)
     chosen = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v is not None}
-    if MIN_LESION_ML_KEY in chosen:  # the trainer's earlier choice and its curve no longer apply
-        ckpt = replace(ckpt, summary={k: v for k, v in ckpt.summary.items()
-                                      if k not in ("min_lesion_ml_curve", "min_lesion_ml_source")})
-    publish_checkpoint(replace(ckpt, summary={**ckpt.summary, **chosen, "lesion_settings_source": source}), model_path)
+    # a smallest lesion set here replaces the trainer's earlier choice: its curve and source no longer apply
+    stale = ("min_lesion_ml_curve", "min_lesion_ml_source") if MIN_LESION_ML_KEY in chosen else ()
+    _rewrite_summary(model_path, lambda summary: {**{k: v for k, v in summary.items() if k not in stale},
+                                                  **chosen, "lesion_settings_source": source})

@@ -351,7 +351,7 @@ class Trainer:
             return {**recipe, **{k: v for k, v in previous.items() if v is not None}}
         cascade = self._served(net, recipe)
         size = choose_min_lesion_ml([component_table(cascade, c.volume, c.label, c.name) for c in val])
-        post = {**recipe, MIN_LESION_ML_KEY: size.chosen, "min_lesion_ml_curve": {str(k): v for k, v in size.curve.items()}}
+        post = {**recipe, **size.settings(MIN_LESION_ML_KEY)}
         confidence = choose_min_mean_probability(self._served(net, post), [(c.volume, c.label) for c in val],
                                                  organ_from_truth=True)
         post.update(confidence.settings())
