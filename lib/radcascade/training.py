@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,7 +51,7 @@ from radcascade.distributed import BatchDiceCELoss, Distributed, init_from_env, 
 from radcascade.files import write_json_atomic
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, choose_min_mean_probability, component_table
-from radcascade.networks import UNetSpec
+from radcascade.networks import RESENC_LESION_UNET, UNetSpec
 from radcascade.tracking import tracker_for
 from radcascade.preprocessing import BoundingBox
 from radcascade.stages import (
@@ -95,7 +95,7 @@ class TrainConfig:
     batch_size: int = 2
     patch_size: tuple[int, int, int] | None = None
     samples_per_volume: int = 4
-    spec: UNetSpec | None = None
+    spec: UNetSpec | None = None  # None: the published model's network (warm start), else the stage's default
     spacing: tuple[float, float, float] | None = None
     warm_start: bool = True  # start from the published model when its network matches
     amp: bool = True
@@ -109,8 +109,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage '{self.stage}' (one of {STAGES})")
-        if self.spec is None:
-            self.spec = self.stage_spec.network
         if self.spacing is None:
             self.spacing = self.stage_spec.spacing
         if self.patch_size is None:
@@ -232,6 +230,19 @@ def small_lesion_weights(target: torch.Tensor, spacing, max_weight: float) -> to
     return torch.from_numpy(weights)
 
 
+def supervised_loss(loss_fn: Callable, output: torch.Tensor, target: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of a network's training output. A ``resenc`` network with deep supervision returns its
+    heads stacked on dim 1 (main output first, each upsampled to full size): their losses are summed
+    with weights that halve per coarser head, normalised to 1 (nnU-Net's deep supervision)."""
+    if output.ndim == target.ndim:
+        return loss_fn(output, target, weights)
+    heads = output.unbind(1)
+    head_weights = [0.5**i for i in range(len(heads))]
+    total = sum(head_weights)
+    return sum(w / total * loss_fn(head, target, weights) for w, head in zip(head_weights, heads))
+
+
 def _augment(patch_size, pos_fraction: float, samples: int) -> mt.Compose:
     keys = ("image", "label")
     return mt.Compose(
@@ -268,15 +279,25 @@ class Trainer:
         on_step: Callable[[Distributed, int, int, float], None] | None = None,
         tracking_uri: str | None = None,
     ):
-        self.cfg = cfg
         self.contract = contract
         self.model_path = Path(model_path)
+        self.cfg = cfg if cfg.spec is not None else replace(cfg, spec=self._published_network(cfg))
         self.stats_path = Path(stats_path) if stats_path else self.model_path.with_suffix(".stats.json")
         self.dist = dist or Distributed.current()
         self.device = device or (self.dist.device() if self.dist.active else default_device())
         self._progress = progress or (lambda msg: logger.info(msg))
         self.on_step = on_step  # (dist, epoch, step, loss) after every optimiser step, on every rank
         self.tracker = tracker_for(tracking_uri if self.dist.main else None)  # MLflow, rank 0 only
+
+    def _published_network(self, cfg: TrainConfig) -> UNetSpec:
+        """The network to train when none is given: the published model's (so retraining from corrections
+        warm-starts whichever architecture was published), else the stage's default."""
+        if cfg.warm_start and self.model_path.exists():
+            try:
+                return read_checkpoint(self.model_path).spec
+            except CheckpointError:
+                pass  # _network reports it and trains the default cold
+        return cfg.stage_spec.network
 
     def progress(self, message: str) -> None:
         if self.dist.main:
@@ -429,7 +450,7 @@ class Trainer:
                 optimiser.zero_grad(set_to_none=True)
                 with autocast_for(self.device, cfg.amp):
                     logits = model(x)
-                loss = loss_fn(logits.float(), y.float(), weights)
+                loss = supervised_loss(loss_fn, logits.float(), y.float(), weights)
                 scaler.scale(loss).backward()
                 scaler.step(optimiser)
                 scaler.update()
@@ -506,6 +527,9 @@ def cases_from_folder(studies: Path) -> list[TrainingCase]:
     return out
 
 
+LESION_NETWORKS = {"unet": STAGE_SPECS["lesion"].network, "resenc": RESENC_LESION_UNET}
+
+
 def main(argv: list[str] | None = None) -> None:
     from radcascade.sample_data import generate_datastore, protocol_mix
 
@@ -528,6 +552,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="peak learning rate (cosine decay to 5%%); lower it to fine-tune warm-started weights")
     p.add_argument("--val-every", type=int, default=1, help="validate (the served stage) every N epochs")
     p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
+    p.add_argument("--lesion-network", choices=("unet", "resenc"), default=None,
+                   help="lesion stage network: 'unet' (the committed one) or 'resenc' (nnU-Net's residual encoder with a "
+                        "full-resolution first level and deep supervision; about 3x slower to train on a CPU); "
+                        "default: the published model's, else 'unet'")
     p.add_argument("--small-lesion-weight", type=float, default=1.0,
                    help="lesion stage: cross-entropy weight of the voxels of a small lesion, at most this (1: off)")
     a = p.parse_args(argv)
@@ -550,7 +578,8 @@ def main(argv: list[str] | None = None) -> None:
             epochs = a.lesion_epochs if (stage == "lesion" and a.lesion_epochs) else a.epochs
             cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold,
                               learning_rate=a.learning_rate, val_every=a.val_every,
-                              small_lesion_weight=a.small_lesion_weight if stage == "lesion" else 1.0)
+                              small_lesion_weight=a.small_lesion_weight if stage == "lesion" else 1.0,
+                              spec=LESION_NETWORKS[a.lesion_network] if stage == "lesion" and a.lesion_network else None)
             Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True), dist=dist).fit(cases)
     finally:
         shutdown()

@@ -1,0 +1,88 @@
+"""The two lesion-stage architectures: MONAI's UNet (committed) and nnU-Net's residual encoder with
+deep supervision (``resenc``): how a checkpoint describes them, what they return, how they train."""
+
+import pytest
+import torch
+
+from radcascade.checkpoints import read_checkpoint
+from radcascade.distributed import BatchDiceCELoss
+from radcascade.labels import LabelContract
+from radcascade.networks import LESION_UNET, RESENC_LESION_UNET, TINY_UNET, UNetSpec
+from radcascade.training import TrainConfig, Trainer, cases_from_folder, supervised_loss
+from radcascade.volumes import load_volume
+
+TINY_RESENC = UNetSpec(channels=(4, 8, 16), strides=(1, 2, 2), num_res_units=0, dropout=0.1,
+                       architecture="resenc", deep_supervision=1)
+
+
+def test_a_checkpoint_written_before_architectures_existed_reads_as_unet():
+    old = {k: v for k, v in LESION_UNET.to_dict().items() if k not in ("architecture", "deep_supervision")}
+    assert UNetSpec.from_dict(old) == LESION_UNET and LESION_UNET.architecture == "unet"
+    assert UNetSpec.from_dict(RESENC_LESION_UNET.to_dict()) == RESENC_LESION_UNET
+    assert RESENC_LESION_UNET.divisor == 16  # the served window and the training patch are multiples of it
+
+
+@pytest.mark.parametrize("bad", [
+    dict(architecture="vnet"),
+    dict(channels=(4, 8, 16), strides=(2, 2), architecture="resenc"),  # resenc: one stride per level
+    dict(channels=(4, 8, 16), strides=(1, 2, 2)),  # unet: one stride per down-sampling
+    dict(channels=(4, 8, 16), strides=(2, 2), deep_supervision=1),  # unet has no deep supervision
+    dict(channels=(4, 8, 16), strides=(1, 2, 2), architecture="resenc", deep_supervision=2),  # too many heads
+])
+def test_inconsistent_specs_are_refused(bad):
+    with pytest.raises(ValueError):
+        UNetSpec(**bad)
+
+
+def test_resenc_returns_its_heads_in_training_and_one_output_when_served():
+    net = TINY_RESENC.build()
+    x = torch.randn(2, 1, 32, 32, 16)
+    net.train()
+    heads = net(x)
+    assert heads.shape == (2, 2, 2, 32, 32, 16)  # batch, main + 1 deep-supervision head, classes, space
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, 2, 32, 32, 16)
+    assert any(isinstance(m, torch.nn.Dropout) for m in net.modules())  # MC-dropout uncertainty still works
+
+
+def test_deep_supervision_loss_weights_halve_per_coarser_head():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 16, 16, 8) > 0.8).float()
+    main, coarse = torch.randn(2, 2, 16, 16, 8), torch.randn(2, 2, 16, 16, 8)
+    loss = BatchDiceCELoss()
+    assert torch.allclose(supervised_loss(loss, main, target), loss(main, target))  # one output: the plain loss
+    stacked = torch.stack([main, coarse], dim=1)
+    expected = (2 / 3) * loss(main, target) + (1 / 3) * loss(coarse, target)
+    assert torch.allclose(supervised_loss(loss, stacked, target), expected)
+
+
+def test_resenc_trains_publishes_serves_and_is_retrained_as_published(tiny_studies, tmp_path):
+    """A resenc lesion model trains with deep supervision, is served by the cascade, and a later
+    retraining that names no network (the server's train task) warm-starts the published resenc."""
+    from conftest import PRETRAINED
+    from radcascade.cascade import Cascade
+
+    contract = LabelContract()
+    cases = cases_from_folder(tiny_studies.folder)
+    model = tmp_path / "lesion.pt"
+    cfg = TrainConfig(stage="lesion", max_epochs=2, spec=TINY_RESENC, patch_size=(32, 32, 16), samples_per_volume=1)
+    result = Trainer(cfg, contract, model).fit(cases)
+    assert result.status == "DONE" and result.published and all(loss > 0 for loss in result.train_loss)
+    assert read_checkpoint(model).spec == TINY_RESENC
+
+    served = Cascade(contract, PRETRAINED / "organ.pt", model, torch.device("cpu"))
+    volume = load_volume(cases[0].image)
+    answer = served.run(volume)
+    assert answer.organ_found and answer.label.shape == volume.shape
+
+    again = Trainer(TrainConfig(stage="lesion", max_epochs=1, patch_size=(32, 32, 16), samples_per_volume=1),
+                    contract, model)
+    assert again.cfg.spec == TINY_RESENC
+    assert again.fit(cases).warm_started
+    # with nothing published (or warm start off) the stage's default network is trained
+    fresh = Trainer(TrainConfig(stage="lesion", warm_start=False), contract, model)
+    assert fresh.cfg.spec == LESION_UNET
+    assert Trainer(TrainConfig(stage="lesion"), contract, tmp_path / "none.pt").cfg.spec == LESION_UNET
+    assert Trainer(TrainConfig(stage="lesion", spec=TINY_UNET), contract, model).cfg.spec == TINY_UNET
