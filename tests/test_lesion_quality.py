@@ -30,7 +30,8 @@ def test_recall_by_size_band_false_positives_and_pooled_dice():
     assert m["false positives / study"] == 1.0
     assert m["lesion Dice (pooled)"] == pytest.approx(2 * 50 / 250)
     assert m["lesion Dice (mean per study)"] == pytest.approx((0.5 + 0.0) / 2)  # studies with true lesions
-    assert report.lesions == 5 and report.lesions_by_band == {"<10 mm": 2, "10-20 mm": 1, ">20 mm": 2, ">=10 mm and <10 HU": 0}
+    assert report.lesions == 5 and report.lesions_by_band == {
+        "<10 mm": 2, "10-20 mm": 1, ">20 mm": 2, ">=10 mm and <10 HU": 0, ">=10 mm and < noise": 0}
     est = report.metrics["false positives / study"]
     assert est.low <= est.value <= est.high
     assert "| recall <10 mm | 0.500" in markdown_table({"x": report})
@@ -60,6 +61,13 @@ def test_lesion_contrast_class_and_recall_by_contrast_and_class():
     assert m[f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU"] == 0.0
     assert m[f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU"] == 0.5
     assert m["recall 10-20 mm, benign"] == 1.0 and m["recall 10-20 mm, malignant"] == 0.0
+    # against the study's noise: 25 and 30 HU are over 20 HU of noise, 4 HU is under it
+    outcomes[0].image_noise_hu = 20.0
+    m = {k: v.value for k, v in summarise(outcomes, n_boot=50).metrics.items()}
+    assert m["recall >=10 mm, contrast < noise"] == 0.0 and m["recall >=10 mm, contrast >= noise"] == 0.5
+    outcomes[0].image_noise_hu = 28.0  # a low-dose study: the 25 HU lesion (found) is now fainter than the noise
+    m = {k: v.value for k, v in summarise(outcomes, n_boot=50).metrics.items()}
+    assert m["recall >=10 mm, contrast < noise"] == 0.5 and m["recall >=10 mm, contrast >= noise"] == 0.0
 
 
 def test_bootstrap_of_a_constant_is_the_constant():

@@ -100,6 +100,7 @@ class StudyOutcome:
     latency_s: float = 0.0
     true_contrast_hu: list[float] = field(default_factory=list)  # |lesion mean - organ around it|, per lesion
     true_classes: list[int] = field(default_factory=list)  # label value of each true lesion
+    image_noise_hu: float | None = None  # the noise the cascade measured in its organ (None: no organ)
 
     @property
     def lesion_dice(self) -> float | None:
@@ -130,6 +131,7 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
         false_positives=int((~match.predicted_hit).sum()), latency_s=round(latency, 4),
         true_contrast_hu=[round(c, 1) for c, _ in true_lesions],
         true_classes=[v for _, v in true_lesions],
+        image_noise_hu=None if result.image_noise_hu is None else round(result.image_noise_hu, 1),
     )
 
 
@@ -162,17 +164,34 @@ def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = pr
 
 
 # -- summary statistics ------------------------------------------------------------------------
-def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float,
-                 contrast: tuple[float, float] | None = None, value: int | None = None) -> tuple[float | None, int]:
-    """Recall of the true lesions of ``lo`` <= diameter < ``hi`` mm (and, where given, contrast in
-    ``contrast`` HU, label value ``value``), and their number."""
-    hits = []
+@dataclass(frozen=True)
+class TrueLesion:
+    """One true lesion of an outcome, as the recall rows select it."""
+
+    diameter_mm: float
+    detected: bool
+    contrast_hu: float  # nan where unknown
+    value: int | None  # label value (class)
+    noise_hu: float  # the study's image noise; nan where unknown
+
+    @property
+    def contrast_to_noise(self) -> float:
+        return self.contrast_hu / self.noise_hu if self.noise_hu > 0 else math.nan
+
+
+def _true_lesions(outcomes: Sequence[StudyOutcome]):
     for o in outcomes:
         contrasts = o.true_contrast_hu or [math.nan] * len(o.detected)
         values = o.true_classes or [None] * len(o.detected)
+        noise = math.nan if o.image_noise_hu is None else o.image_noise_hu
         for size, d, c, v in zip(o.true_diameters_mm, o.detected, contrasts, values):
-            if lo <= size < hi and (contrast is None or contrast[0] <= c < contrast[1]) and (value is None or v == value):
-                hits.append(d)
+            yield TrueLesion(size, d, c, v, noise)
+
+
+def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float,
+                 keep: Callable[[TrueLesion], bool] = lambda _: True) -> tuple[float | None, int]:
+    """Recall of the true lesions of ``lo`` <= diameter < ``hi`` mm that ``keep`` selects, and their number."""
+    hits = [t.detected for t in _true_lesions(outcomes) if lo <= t.diameter_mm < hi and keep(t)]
     return (sum(hits) / len(hits) if hits else None), len(hits)
 
 
@@ -194,9 +213,13 @@ METRICS: dict[str, Callable[[Sequence[StudyOutcome]], float | None]] = {
     **{f"recall {label}": (lambda os, lo=lo, hi=hi: _band_recall(os, lo, hi)[0]) for lo, hi, label in SIZE_BANDS_MM},
     "recall >=10 mm": lambda os: _band_recall(os, 10.0, math.inf)[0],
     "recall (all)": lambda os: _band_recall(os, 0.0, math.inf)[0],
-    f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, (0.0, ISODENSE_HU))[0],
-    f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, (ISODENSE_HU, math.inf))[0],
-    **{f"recall 10-20 mm, {name}": (lambda os, v=v: _band_recall(os, 10.0, 20.0, value=v)[0]) for v, name in _CLASSES.items()},
+    f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_hu < ISODENSE_HU)[0],
+    f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_hu >= ISODENSE_HU)[0],
+    # contrast against the study's voxel noise: a lesion fainter than the noise of one voxel is hard for any reader
+    "recall >=10 mm, contrast < noise": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_to_noise < 1)[0],
+    "recall >=10 mm, contrast >= noise": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_to_noise >= 1)[0],
+    **{f"recall 10-20 mm, {name}": (lambda os, v=v: _band_recall(os, 10.0, 20.0, lambda t: t.value == v)[0])
+       for v, name in _CLASSES.items()},
     "false positives / study": lambda os: float(np.mean([o.false_positives for o in os])) if os else None,
     "lesion Dice (pooled)": _pooled_dice,
     "lesion Dice (mean per study)": lambda os: _mean(o.lesion_dice for o in os if o.lesion_truth_voxels),
@@ -248,7 +271,8 @@ class QualityReport:
 
 def summarise(outcomes: Sequence[StudyOutcome], n_boot: int = 1000, seed: int = 0) -> QualityReport:
     bands = {label: _band_recall(outcomes, lo, hi)[1] for lo, hi, label in SIZE_BANDS_MM}
-    bands[f">=10 mm and <{ISODENSE_HU:g} HU"] = _band_recall(outcomes, 10.0, math.inf, (0.0, ISODENSE_HU))[1]
+    bands[f">=10 mm and <{ISODENSE_HU:g} HU"] = _band_recall(outcomes, 10.0, math.inf, lambda t: t.contrast_hu < ISODENSE_HU)[1]
+    bands[">=10 mm and < noise"] = _band_recall(outcomes, 10.0, math.inf, lambda t: t.contrast_to_noise < 1)[1]
     metrics = {name: bootstrap(outcomes, fn, n_boot, seed) for name, fn in METRICS.items()}
     by_protocol = {}
     for protocol in sorted({o.protocol for o in outcomes}):
