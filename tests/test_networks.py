@@ -1,5 +1,6 @@
-"""The two lesion-stage architectures: MONAI's UNet (committed) and nnU-Net's residual encoder with
-deep supervision (``resenc``): how a checkpoint describes them, what they return, how they train."""
+"""What a model file records about its network: the architecture (MONAI's UNet, committed, or nnU-Net's
+residual encoder with deep supervision, ``resenc``) and the CT window of its input; what each returns,
+how it trains, and that serving and retraining follow the file."""
 
 import pytest
 import torch
@@ -86,3 +87,44 @@ def test_resenc_trains_publishes_serves_and_is_retrained_as_published(tiny_studi
     assert fresh.cfg.spec == LESION_UNET
     assert Trainer(TrainConfig(stage="lesion"), contract, tmp_path / "none.pt").cfg.spec == LESION_UNET
     assert Trainer(TrainConfig(stage="lesion", spec=TINY_UNET), contract, model).cfg.spec == TINY_UNET
+
+
+def test_ct_window_is_recorded_checked_and_followed(tiny_studies, tmp_path):
+    """A model file records its CT window (older files read as the default one); the served stage windows
+    its input with the file's window; a retraining that names none keeps the published window and
+    warm-starts, one that names another window trains cold."""
+    from radcascade.checkpoints import Checkpoint, CheckpointError, parse_checkpoint, publish_checkpoint
+    from radcascade.preprocessing import HU_WINDOW, BoundingBox, valid_window
+    from radcascade.stages import LESION
+
+    ckpt = Checkpoint(TINY_UNET, TINY_UNET.build().state_dict(), (2.5, 2.5, 4.0), {}, (-50.0, 200.0))
+    publish_checkpoint(ckpt, tmp_path / "w.pt")
+    assert read_checkpoint(tmp_path / "w.pt").hu_window == (-50.0, 200.0)
+    body = torch.load(tmp_path / "w.pt", weights_only=True)
+    del body["hu_window"]
+    torch.save(body, tmp_path / "old.pt")
+    assert read_checkpoint(tmp_path / "old.pt").hu_window == HU_WINDOW
+    body["hu_window"] = [200.0, -50.0]
+    torch.save(body, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError):
+        parse_checkpoint((tmp_path / "bad.pt").read_bytes(), tmp_path / "bad.pt")
+    with pytest.raises(ValueError):
+        valid_window((0.0, float("nan")))
+
+    hu = torch.tensor([-100.0, -50.0, 75.0, 200.0, 400.0]).reshape(1, 5, 1, 1)
+    box = BoundingBox((0, 0, 0), (5, 1, 1))
+    narrow = LESION.prepare(hu, (2.5, 2.5, 4.0), box, (2.5, 2.5, 4.0), (-50.0, 200.0)).flatten().tolist()
+    assert narrow == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+    wide = LESION.prepare(hu, (2.5, 2.5, 4.0), box, (2.5, 2.5, 4.0)).flatten().tolist()  # the stage's own
+    assert wide == pytest.approx([(v + 250) / 600 for v in (-100.0, -50.0, 75.0, 200.0, 350.0)])
+
+    contract = LabelContract()
+    cases = cases_from_folder(tiny_studies.folder)
+    model = tmp_path / "lesion.pt"
+    small = dict(stage="lesion", max_epochs=1, spec=TINY_UNET, patch_size=(32, 32, 16), samples_per_volume=1)
+    Trainer(TrainConfig(**small, hu_window=(-50, 200)), contract, model).fit(cases)
+    assert read_checkpoint(model).hu_window == (-50.0, 200.0)
+    again = Trainer(TrainConfig(**small), contract, model)
+    assert again.cfg.hu_window == (-50.0, 200.0) and again.fit(cases).warm_started
+    other = Trainer(TrainConfig(**small, hu_window=(-250, 350)), contract, model)
+    assert not other.fit(cases).warm_started and read_checkpoint(model).hu_window == (-250.0, 350.0)

@@ -24,6 +24,7 @@ import torch
 
 from radcascade.files import atomic_write, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from radcascade.networks import UNetSpec
+from radcascade.preprocessing import HU_WINDOW, valid_window
 
 __all__ = ["atomic_write", "remove_stale_temporaries", "write_json_atomic", "write_text_atomic"]  # re-exported
 
@@ -81,12 +82,16 @@ class Checkpoint:
     state_dict: dict
     spacing: tuple[float, float, float]
     summary: dict = field(default_factory=dict)
+    # The CT window the network's input was clipped and scaled with; files written before windows were
+    # recorded were all trained with the default one.
+    hu_window: tuple[float, float] = HU_WINDOW
 
     def to_body(self) -> dict:
         return {
             "spec": self.spec.to_dict(),
             "state_dict": self.state_dict,
             "spacing": list(self.spacing),
+            "hu_window": list(self.hu_window),
             "summary": self.summary,
         }
 
@@ -116,6 +121,7 @@ def parse_checkpoint(data: bytes, path: Path) -> Checkpoint:
             state_dict=payload["state_dict"],
             spacing=tuple(float(s) for s in payload["spacing"]),
             summary=dict(payload.get("summary") or {}),
+            hu_window=valid_window(payload.get("hu_window", HU_WINDOW)),
         )
         ckpt.spec.build().load_state_dict(ckpt.state_dict)
     except Exception as e:

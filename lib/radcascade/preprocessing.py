@@ -40,6 +40,14 @@ def image_noise_hu(hu: np.ndarray, mask: np.ndarray, max_slices: int = 32) -> fl
     return _MAD_TO_SIGMA * mad / float(np.sqrt(2.0))
 
 
+def valid_window(window) -> tuple[float, float]:
+    """``(lo, hi)`` HU as floats; a window that is not two finite numbers with lo < hi is refused."""
+    lo, hi = (float(v) for v in window)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"a CT window needs two finite HU values, low < high (got {lo}, {hi})")
+    return lo, hi
+
+
 def normalize_hu(t: torch.Tensor, window: tuple[float, float] = HU_WINDOW) -> torch.Tensor:
     """Clip to the window and scale to [0, 1]."""
     lo, hi = window

@@ -27,6 +27,7 @@ from radcascade.checkpoints import LoadedModel
 from radcascade.labels import LabelContract
 from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
+    HU_WINDOW,
     BoundingBox,
     dilate_box,
     normalized_on_grid,
@@ -94,6 +95,8 @@ class StageSpec:
     target: Callable[[LabelContract, np.ndarray], np.ndarray]  # binary truth from a contract label
     positive_fraction: float  # share of training patches centred on the target
     filters_components: bool = False  # its output's smallest component kept is chosen on validation
+    window: tuple[float, float] = HU_WINDOW  # CT window a new network of this stage is trained with
+
 
     def region(self, shape, spacing, organ_box: BoundingBox | None, margin_scale: float = 1.0) -> BoundingBox:
         """Full-resolution box the stage sees (training widens the margin to leave room for jitter)."""
@@ -103,10 +106,11 @@ class StageSpec:
         margin = [int(np.ceil(margin_scale * self.margin_mm / s)) for s in spacing]
         return organ_box.expanded(margin, shape)
 
-    def prepare(self, image: torch.Tensor, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
-        """``[1, X, Y, Z]`` HU -> the network's input over ``box``: windowed, resampled to the grid."""
+    def prepare(self, image: torch.Tensor, spacing, box: BoundingBox, grid_spacing=None, window=None) -> torch.Tensor:
+        """``[1, X, Y, Z]`` HU -> the network's input over ``box``: windowed (a model file's own window,
+        else the stage's), resampled to the grid."""
         grid = shape_at_spacing(box.shape, spacing, grid_spacing or self.spacing)
-        return normalized_on_grid(image[(slice(None),) + box.slices], grid)
+        return normalized_on_grid(image[(slice(None),) + box.slices], grid, window or self.window)
 
     def prepare_target(self, mask: np.ndarray, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
         """A full-resolution binary mask -> ``[1, ...]`` uint8 on the stage's grid over ``box``."""
@@ -206,7 +210,8 @@ class OrganStage:
         loaded = _require(self.model, "organ")
         threshold = self.threshold_for(loaded)
         full_shape = tuple(image.shape[1:])
-        x = self.spec.prepare(image, spacing, self.spec.region(full_shape, spacing, None), loaded.checkpoint.spacing)
+        x = self.spec.prepare(image, spacing, self.spec.region(full_shape, spacing, None), loaded.checkpoint.spacing,
+                              loaded.checkpoint.hu_window)
         coarse_shape = tuple(x.shape[1:])
         x, back = pad_to_multiple(x, loaded.checkpoint.spec.divisor)
 
@@ -324,7 +329,7 @@ class LesionStage:
         t0 = time.perf_counter()
         loaded = _require(self.model, "lesion")
         box = self.crop_box(organ.box, spacing, tuple(image.shape[1:]))
-        x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing)
+        x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing, loaded.checkpoint.hu_window)
         fine_shape = tuple(x.shape[1:])
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
         mirror_axes, threshold, _ = self.settings(loaded)

@@ -53,7 +53,7 @@ from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, choose_min_mean_probability, component_table
 from radcascade.networks import RESENC_LESION_UNET, UNetSpec
 from radcascade.tracking import tracker_for
-from radcascade.preprocessing import BoundingBox
+from radcascade.preprocessing import BoundingBox, valid_window
 from radcascade.stages import (
     LESION_MIRROR_AXES,
     MIRROR_AXES_KEY,
@@ -96,6 +96,7 @@ class TrainConfig:
     patch_size: tuple[int, int, int] | None = None
     samples_per_volume: int = 4
     spec: UNetSpec | None = None  # None: the published model's network (warm start), else the stage's default
+    hu_window: tuple[float, float] | None = None  # CT window of the input; None: as ``spec``
     spacing: tuple[float, float, float] | None = None
     warm_start: bool = True  # start from the published model when its network matches
     amp: bool = True
@@ -115,6 +116,8 @@ class TrainConfig:
             self.patch_size = (64, 64, 32)
         if self.max_epochs < 1:
             raise ValueError("max_epochs must be >= 1")
+        if self.hu_window is not None:
+            self.hu_window = valid_window(self.hu_window)
         if self.small_lesion_weight < 1:
             raise ValueError("small_lesion_weight must be >= 1 (1: every voxel weighs the same)")
 
@@ -174,7 +177,7 @@ def prepare_case(case: TrainingCase, cfg: TrainConfig, contract: LabelContract) 
     box = stage.region(volume.shape, volume.spacing, BoundingBox.of_mask(contract.organ_mask(label)),
                        margin_scale=TRAINING_MARGIN_SCALE)
     image = torch.from_numpy(volume.array).unsqueeze(0)
-    return PreparedCase(case.name, stage.prepare(image, volume.spacing, box, cfg.spacing),
+    return PreparedCase(case.name, stage.prepare(image, volume.spacing, box, cfg.spacing, cfg.hu_window),
                         stage.prepare_target(stage.target(contract, label), volume.spacing, box, cfg.spacing))
 
 
@@ -281,7 +284,7 @@ class Trainer:
     ):
         self.contract = contract
         self.model_path = Path(model_path)
-        self.cfg = cfg if cfg.spec is not None else replace(cfg, spec=self._published_network(cfg))
+        self.cfg = self._with_network(cfg)
         self.stats_path = Path(stats_path) if stats_path else self.model_path.with_suffix(".stats.json")
         self.dist = dist or Distributed.current()
         self.device = device or (self.dist.device() if self.dist.active else default_device())
@@ -289,15 +292,18 @@ class Trainer:
         self.on_step = on_step  # (dist, epoch, step, loss) after every optimiser step, on every rank
         self.tracker = tracker_for(tracking_uri if self.dist.main else None)  # MLflow, rank 0 only
 
-    def _published_network(self, cfg: TrainConfig) -> UNetSpec:
-        """The network to train when none is given: the published model's (so retraining from corrections
-        warm-starts whichever architecture was published), else the stage's default."""
-        if cfg.warm_start and self.model_path.exists():
+    def _with_network(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with its network and CT window settled: what it names, else the published model's (so
+        retraining from corrections warm-starts whatever was published), else the stage's defaults."""
+        published = None
+        if cfg.warm_start and self.model_path.exists() and (cfg.spec is None or cfg.hu_window is None):
             try:
-                return read_checkpoint(self.model_path).spec
+                published = read_checkpoint(self.model_path)
             except CheckpointError:
-                pass  # _network reports it and trains the default cold
-        return cfg.stage_spec.network
+                pass  # _network reports it and trains cold
+        spec = cfg.spec or (published.spec if published else cfg.stage_spec.network)
+        window = cfg.hu_window or (published.hu_window if published else cfg.stage_spec.window)
+        return replace(cfg, spec=spec, hu_window=window)
 
     def progress(self, message: str) -> None:
         if self.dist.main:
@@ -313,7 +319,8 @@ class Trainer:
         if self.cfg.warm_start and self.model_path.exists():
             try:
                 ckpt = read_checkpoint(self.model_path)
-                if ckpt.spec == self.cfg.spec and tuple(ckpt.spacing) == tuple(self.cfg.spacing):
+                if (ckpt.spec == self.cfg.spec and tuple(ckpt.spacing) == tuple(self.cfg.spacing)
+                        and ckpt.hu_window == self.cfg.hu_window):
                     net.load_state_dict(ckpt.state_dict)
                     warm = True
             except CheckpointError as e:
@@ -323,7 +330,8 @@ class Trainer:
     def _served(self, net: torch.nn.Module, summary: dict | None = None) -> Cascade:
         """The server's cascade running ``net`` (with ``summary``'s post-processing choices) for this stage."""
         net.eval()
-        source = FixedModel(net, Checkpoint(self.cfg.spec, {}, tuple(self.cfg.spacing), dict(summary or {})))
+        source = FixedModel(net, Checkpoint(self.cfg.spec, {}, tuple(self.cfg.spacing), dict(summary or {}),
+                                            self.cfg.hu_window))
         return Cascade(self.contract, source, source, self.device, amp=self.cfg.amp)
 
     def _validate(self, net: torch.nn.Module, val: list[ValidationCase], summary: dict | None = None) -> float:
@@ -501,7 +509,7 @@ class Trainer:
             "val_cases": result.val_cases,
         }
         if self.dist.main:  # one publisher, at the end: a failed rank means nothing is published
-            publish_checkpoint(Checkpoint(cfg.spec, best_state, tuple(cfg.spacing), summary), self.model_path)
+            publish_checkpoint(Checkpoint(cfg.spec, best_state, tuple(cfg.spacing), summary, cfg.hu_window), self.model_path)
         self.dist.barrier()
         result.published = True
         result.status = "DONE"
@@ -556,6 +564,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="lesion stage network: 'unet' (the committed one) or 'resenc' (nnU-Net's residual encoder with a "
                         "full-resolution first level and deep supervision; about 3x slower to train on a CPU); "
                         "default: the published model's, else 'unet'")
+    p.add_argument("--lesion-window", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="lesion stage: CT window (HU) its input is clipped and scaled with; default: the published "
+                        "model's, else the stage's")
     p.add_argument("--small-lesion-weight", type=float, default=1.0,
                    help="lesion stage: cross-entropy weight of the voxels of a small lesion, at most this (1: off)")
     a = p.parse_args(argv)
@@ -579,7 +590,8 @@ def main(argv: list[str] | None = None) -> None:
             cfg = TrainConfig(stage=stage, max_epochs=epochs, max_minutes=a.max_minutes, warm_start=not a.cold,
                               learning_rate=a.learning_rate, val_every=a.val_every,
                               small_lesion_weight=a.small_lesion_weight if stage == "lesion" else 1.0,
-                              spec=LESION_NETWORKS[a.lesion_network] if stage == "lesion" and a.lesion_network else None)
+                              spec=LESION_NETWORKS[a.lesion_network] if stage == "lesion" and a.lesion_network else None,
+                              hu_window=a.lesion_window if stage == "lesion" else None)
             Trainer(cfg, contract, a.out / f"{stage}.pt", progress=lambda m: print(m, flush=True), dist=dist).fit(cases)
     finally:
         shutdown()
