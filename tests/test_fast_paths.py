@@ -56,7 +56,7 @@ def _reference_lesion(lesion: LesionStage, image: torch.Tensor, spacing, organ, 
     loaded = lesion.model.get()
     full = tuple(image.shape[1:])
     fine = shape_at_spacing(full, spacing, loaded.checkpoint.spacing)
-    x = resample(normalize_hu(image), fine)
+    x = resample(normalize_hu(image, loaded.checkpoint.hu_window), fine)
     ratio = [f / n for f, n in zip(fine, full)]
     lo = [int(round(l * r)) for l, r in zip(box.lo, ratio)]
     hi = [int(round(h * r)) for h, r in zip(box.hi, ratio)]
@@ -170,7 +170,7 @@ def _lesion_stage_before(lesion: LesionStage, image: torch.Tensor, spacing, orga
     loaded = lesion.model.get()
     box = lesion.crop_box(organ.box, spacing, tuple(image.shape[1:]))
     grid = shape_at_spacing(box.shape, spacing, loaded.checkpoint.spacing)
-    x = resample(normalize_hu(image[(slice(None),) + box.slices]), grid)
+    x = resample(normalize_hu(image[(slice(None),) + box.slices], loaded.checkpoint.hu_window), grid)
     roi = lesion.window(grid, loaded.checkpoint.spec.divisor)
     with torch.no_grad():
         logits = sliding_window_inference(x[None], roi, lesion.sw_batch_size, loaded.network,

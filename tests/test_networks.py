@@ -94,7 +94,7 @@ def test_ct_window_is_recorded_checked_and_followed(tiny_studies, tmp_path):
     its input with the file's window; a retraining that names none keeps the published window and
     warm-starts, one that names another window trains cold."""
     from radcascade.checkpoints import Checkpoint, CheckpointError, parse_checkpoint, publish_checkpoint
-    from radcascade.preprocessing import HU_WINDOW, BoundingBox, valid_window
+    from radcascade.preprocessing import HU_WINDOW, LESION_HU_WINDOW, BoundingBox, valid_window
     from radcascade.stages import LESION
 
     ckpt = Checkpoint(TINY_UNET, TINY_UNET.build().state_dict(), (2.5, 2.5, 4.0), {}, (-50.0, 200.0))
@@ -115,8 +115,12 @@ def test_ct_window_is_recorded_checked_and_followed(tiny_studies, tmp_path):
     box = BoundingBox((0, 0, 0), (5, 1, 1))
     narrow = LESION.prepare(hu, (2.5, 2.5, 4.0), box, (2.5, 2.5, 4.0), (-50.0, 200.0)).flatten().tolist()
     assert narrow == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
-    wide = LESION.prepare(hu, (2.5, 2.5, 4.0), box, (2.5, 2.5, 4.0)).flatten().tolist()  # the stage's own
+    wide = LESION.prepare(hu, (2.5, 2.5, 4.0), box, (2.5, 2.5, 4.0), HU_WINDOW).flatten().tolist()
     assert wide == pytest.approx([(v + 250) / 600 for v in (-100.0, -50.0, 75.0, 200.0, 350.0)])
+    # no window given: the stage's own, which for a new lesion network is the narrow one
+    assert LESION.window == LESION_HU_WINDOW
+    assert LESION.prepare(hu, (2.5, 2.5, 4.0), box, (2.5, 2.5, 4.0)).flatten().tolist() == pytest.approx(
+        [(min(max(v, -50.0), 200.0) + 50) / 250 for v in hu.flatten().tolist()])
 
     contract = LabelContract()
     cases = cases_from_folder(tiny_studies.folder)

@@ -28,6 +28,7 @@ from radcascade.labels import LabelContract
 from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
     HU_WINDOW,
+    LESION_HU_WINDOW,
     BoundingBox,
     dilate_box,
     normalized_on_grid,
@@ -121,7 +122,7 @@ class StageSpec:
 
 ORGAN = StageSpec("organ", ORGAN_UNET, ORGAN_SPACING, None, LabelContract.organ_mask, 0.5)
 LESION = StageSpec("lesion", LESION_UNET, LESION_SPACING, LESION_MARGIN_MM, LabelContract.lesion_mask, 0.67,
-                   filters_components=True)
+                   filters_components=True, window=LESION_HU_WINDOW)
 STAGE_SPECS = {spec.name: spec for spec in (ORGAN, LESION)}
 
 
