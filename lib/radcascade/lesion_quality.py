@@ -188,6 +188,14 @@ def _true_lesions(outcomes: Sequence[StudyOutcome]):
             yield TrueLesion(size, d, c, v, noise)
 
 
+def _isodense(t: TrueLesion) -> bool:
+    return t.contrast_hu < ISODENSE_HU
+
+
+def _fainter_than_noise(t: TrueLesion) -> bool:
+    return t.contrast_to_noise < 1
+
+
 def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float,
                  keep: Callable[[TrueLesion], bool] = lambda _: True) -> tuple[float | None, int]:
     """Recall of the true lesions of ``lo`` <= diameter < ``hi`` mm that ``keep`` selects, and their number."""
@@ -213,10 +221,10 @@ METRICS: dict[str, Callable[[Sequence[StudyOutcome]], float | None]] = {
     **{f"recall {label}": (lambda os, lo=lo, hi=hi: _band_recall(os, lo, hi)[0]) for lo, hi, label in SIZE_BANDS_MM},
     "recall >=10 mm": lambda os: _band_recall(os, 10.0, math.inf)[0],
     "recall (all)": lambda os: _band_recall(os, 0.0, math.inf)[0],
-    f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_hu < ISODENSE_HU)[0],
+    f"recall >=10 mm, contrast <{ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, _isodense)[0],
     f"recall >=10 mm, contrast >={ISODENSE_HU:g} HU": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_hu >= ISODENSE_HU)[0],
     # contrast against the study's voxel noise: a lesion fainter than the noise of one voxel is hard for any reader
-    "recall >=10 mm, contrast < noise": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_to_noise < 1)[0],
+    "recall >=10 mm, contrast < noise": lambda os: _band_recall(os, 10.0, math.inf, _fainter_than_noise)[0],
     "recall >=10 mm, contrast >= noise": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_to_noise >= 1)[0],
     **{f"recall 10-20 mm, {name}": (lambda os, v=v: _band_recall(os, 10.0, 20.0, lambda t: t.value == v)[0])
        for v, name in _CLASSES.items()},
@@ -271,8 +279,8 @@ class QualityReport:
 
 def summarise(outcomes: Sequence[StudyOutcome], n_boot: int = 1000, seed: int = 0) -> QualityReport:
     bands = {label: _band_recall(outcomes, lo, hi)[1] for lo, hi, label in SIZE_BANDS_MM}
-    bands[f">=10 mm and <{ISODENSE_HU:g} HU"] = _band_recall(outcomes, 10.0, math.inf, lambda t: t.contrast_hu < ISODENSE_HU)[1]
-    bands[">=10 mm and < noise"] = _band_recall(outcomes, 10.0, math.inf, lambda t: t.contrast_to_noise < 1)[1]
+    bands[f">=10 mm and <{ISODENSE_HU:g} HU"] = _band_recall(outcomes, 10.0, math.inf, _isodense)[1]
+    bands[">=10 mm and < noise"] = _band_recall(outcomes, 10.0, math.inf, _fainter_than_noise)[1]
     metrics = {name: bootstrap(outcomes, fn, n_boot, seed) for name, fn in METRICS.items()}
     by_protocol = {}
     for protocol in sorted({o.protocol for o in outcomes}):

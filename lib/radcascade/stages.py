@@ -98,7 +98,6 @@ class StageSpec:
     filters_components: bool = False  # its output's smallest component kept is chosen on validation
     window: tuple[float, float] = HU_WINDOW  # CT window a new network of this stage is trained with
 
-
     def region(self, shape, spacing, organ_box: BoundingBox | None, margin_scale: float = 1.0) -> BoundingBox:
         """Full-resolution box the stage sees (training widens the margin to leave room for jitter)."""
         whole = BoundingBox((0, 0, 0), tuple(int(n) for n in shape))

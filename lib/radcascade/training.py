@@ -284,6 +284,7 @@ class Trainer:
     ):
         self.contract = contract
         self.model_path = Path(model_path)
+        self._published, self._unreadable = self._read_published(cfg)
         self.cfg = self._with_network(cfg)
         self.stats_path = Path(stats_path) if stats_path else self.model_path.with_suffix(".stats.json")
         self.dist = dist or Distributed.current()
@@ -292,15 +293,19 @@ class Trainer:
         self.on_step = on_step  # (dist, epoch, step, loss) after every optimiser step, on every rank
         self.tracker = tracker_for(tracking_uri if self.dist.main else None)  # MLflow, rank 0 only
 
+    def _read_published(self, cfg: TrainConfig) -> tuple[Checkpoint | None, str | None]:
+        """The published model to warm-start from (read once, when the trainer is made), or why there is none."""
+        if not (cfg.warm_start and self.model_path.exists()):
+            return None, None
+        try:
+            return read_checkpoint(self.model_path), None
+        except CheckpointError as e:
+            return None, str(e)
+
     def _with_network(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with its network and CT window settled: what it names, else the published model's (so
         retraining from corrections warm-starts whatever was published), else the stage's defaults."""
-        published = None
-        if cfg.warm_start and self.model_path.exists() and (cfg.spec is None or cfg.hu_window is None):
-            try:
-                published = read_checkpoint(self.model_path)
-            except CheckpointError:
-                pass  # _network reports it and trains cold
+        published = self._published
         spec = cfg.spec or (published.spec if published else cfg.stage_spec.network)
         window = cfg.hu_window or (published.hu_window if published else cfg.stage_spec.window)
         return replace(cfg, spec=spec, hu_window=window)
@@ -315,16 +320,13 @@ class Trainer:
 
     def _network(self) -> tuple[torch.nn.Module, bool]:
         net = self.cfg.spec.build()
-        warm = False
-        if self.cfg.warm_start and self.model_path.exists():
-            try:
-                ckpt = read_checkpoint(self.model_path)
-                if (ckpt.spec == self.cfg.spec and tuple(ckpt.spacing) == tuple(self.cfg.spacing)
-                        and ckpt.hu_window == self.cfg.hu_window):
-                    net.load_state_dict(ckpt.state_dict)
-                    warm = True
-            except CheckpointError as e:
-                self.progress(f"not warm-starting: {e}")
+        ckpt, warm = self._published, False
+        if self._unreadable:
+            self.progress(f"not warm-starting: {self._unreadable}")
+        elif ckpt and (ckpt.spec, tuple(ckpt.spacing), ckpt.hu_window) == (self.cfg.spec, tuple(self.cfg.spacing),
+                                                                          self.cfg.hu_window):
+            net.load_state_dict(ckpt.state_dict)
+            warm = True
         return net.to(self.device), warm
 
     def _served(self, net: torch.nn.Module, summary: dict | None = None) -> Cascade:
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="peak learning rate (cosine decay to 5%%); lower it to fine-tune warm-started weights")
     p.add_argument("--val-every", type=int, default=1, help="validate (the served stage) every N epochs")
     p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
-    p.add_argument("--lesion-network", choices=("unet", "resenc"), default=None,
+    p.add_argument("--lesion-network", choices=sorted(LESION_NETWORKS), default=None,
                    help="lesion stage network: 'unet' (the committed one) or 'resenc' (nnU-Net's residual encoder with a "
                         "full-resolution first level and deep supervision; about 3x slower to train on a CPU); "
                         "default: the published model's, else 'unet'")
