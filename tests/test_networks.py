@@ -8,8 +8,8 @@ import torch
 from radcascade.checkpoints import read_checkpoint
 from radcascade.distributed import BatchDiceCELoss
 from radcascade.labels import LabelContract
-from radcascade.networks import LESION_UNET, RESENC_LESION_UNET, TINY_UNET, UNetSpec
-from radcascade.training import TrainConfig, Trainer, cases_from_folder, supervised_loss
+from radcascade.networks import FULLRES_LESION_UNET, LESION_UNET, RESENC_LESION_UNET, TINY_UNET, UNetSpec
+from radcascade.training import LESION_NETWORKS, TrainConfig, Trainer, cases_from_folder, supervised_loss
 from radcascade.volumes import load_volume
 
 TINY_RESENC = UNetSpec(channels=(4, 8, 16), strides=(1, 2, 2), num_res_units=0, dropout=0.1,
@@ -33,6 +33,21 @@ def test_a_checkpoint_written_before_architectures_existed_reads_as_unet():
 def test_inconsistent_specs_are_refused(bad):
     with pytest.raises(ValueError):
         UNetSpec(**bad)
+
+
+def test_fullres_unet_keeps_full_resolution_in_its_first_level():
+    """``unet-fullres`` is the committed UNet with a stride-1 first level: its first features have the
+    input's size (the committed one halves it), and it still returns one output of the input's size."""
+    assert LESION_NETWORKS["unet-fullres"] == FULLRES_LESION_UNET and FULLRES_LESION_UNET.divisor == LESION_UNET.divisor
+    x = torch.randn(1, 1, 32, 32, 16)
+    for spec, first_size in ((FULLRES_LESION_UNET, (32, 32, 16)), (LESION_UNET, (16, 16, 8))):
+        net = spec.build().eval()
+        seen = []
+        first = net.model[0]  # MONAI UNet: the first down-sampling block
+        first.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape[2:])))
+        with torch.no_grad():
+            assert net(x).shape == (1, 2, 32, 32, 16)
+        assert seen == [first_size]
 
 
 def test_resenc_returns_its_heads_in_training_and_one_output_when_served():
@@ -84,8 +99,8 @@ def test_resenc_trains_publishes_serves_and_is_retrained_as_published(tiny_studi
     assert again.fit(cases).warm_started
     # with nothing published (or warm start off) the stage's default network is trained
     fresh = Trainer(TrainConfig(stage="lesion", warm_start=False), contract, model)
-    assert fresh.cfg.spec == LESION_UNET
-    assert Trainer(TrainConfig(stage="lesion"), contract, tmp_path / "none.pt").cfg.spec == LESION_UNET
+    assert fresh.cfg.spec == FULLRES_LESION_UNET
+    assert Trainer(TrainConfig(stage="lesion"), contract, tmp_path / "none.pt").cfg.spec == FULLRES_LESION_UNET
     assert Trainer(TrainConfig(stage="lesion", spec=TINY_UNET), contract, model).cfg.spec == TINY_UNET
 
 

@@ -37,7 +37,10 @@ def test_degraded_study_is_more_uncertain_on_the_segmentation_scores(scorer):
     # The classifier's score (mean entropy of the lesions found) is not asserted to rise: on this coarse
     # grid (4x4x6 mm) the classifier is unsure of the clear study's true lesions too (entropy ~0.9); it
     # was lower before only because confidently classified false positives pulled the mean down.
-    assert hard.lesions > clear.lesions > 0  # the degraded scan's noise shows many more (false) lesions
+    # The lesion count is not asserted to rise either: the committed lesion network was trained on
+    # low-dose studies too, and a noisy study gets the stricter confidence cut, so noise no longer shows
+    # as (false) lesions; the scores above must rise all the same.
+    assert clear.lesions > 0
     for s in (clear, hard):
         assert 0 <= s.epistemic <= 1 and 0 <= s.tta <= 1 and 0 <= s.classifier <= 1
         # the stored per-stage values are what the combined scores are the weighted means of

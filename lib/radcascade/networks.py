@@ -3,8 +3,9 @@
 A :class:`UNetSpec` is stored inside every checkpoint, so a model file is self-describing: the
 infer task rebuilds exactly the network that was trained. Two architectures:
 
-* ``"unet"``: MONAI's residual UNet (the committed networks). Its first layer already works at half
-  resolution, which keeps it fast on a CPU.
+* ``"unet"``: MONAI's residual UNet (the committed networks). With ``strides[0] == 2`` its first
+  layer already works at half resolution, which keeps it fast on a CPU (the organ stage); with
+  ``strides[0] == 1`` its first level keeps full resolution (the lesion stage, :data:`FULLRES_LESION_UNET`).
 * ``"resenc"``: nnU-Net's design (MONAI's ``DynUNet``): a residual encoder whose first level keeps
   full resolution (``strides[0] == 1``, one entry per level), and deep supervision. In training
   mode it also returns ``deep_supervision`` coarser heads, upsampled to full size and stacked on
@@ -91,8 +92,9 @@ class UNetSpec:
         )
 
 
-# Defaults sized for a CPU workstation; both stages are binary (background vs structure).
+# Sized for a CPU workstation; both stages are binary (background vs structure).
 ORGAN_UNET = UNetSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2))
+# The earlier committed lesion network (``--lesion-network unet``): its first layer halves the resolution.
 LESION_UNET = UNetSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2))
 # nnU-Net's recipe for the lesion stage (``--network resenc``): full-resolution first level (8
 # channels), residual encoder, 5 levels, 2 deep-supervision heads. About 3x the training step and 2x
@@ -100,4 +102,9 @@ LESION_UNET = UNetSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2))
 # grid, and LESION_UNET's first layer already halves the resolution.
 RESENC_LESION_UNET = UNetSpec(channels=(8, 16, 32, 64, 128), strides=(1, 2, 2, 2, 2), dropout=0.1,
                               architecture="resenc", deep_supervision=2)
+# The lesion stage's network (``--lesion-network unet-fullres``, committed): LESION_UNET with one change
+# towards small lesions, a first level at full resolution (stride 1, 8 channels), plus one more level
+# (128 channels) to keep its receptive field. About 3x the training step and 2.3x the inference time of
+# LESION_UNET on a CPU; chosen on validation (docs/benchmarks.md, lesion quality, seventh round).
+FULLRES_LESION_UNET = UNetSpec(channels=(8, 16, 32, 64, 128), strides=(1, 2, 2, 2))
 TINY_UNET = UNetSpec(channels=(4, 8, 16), strides=(2, 2), num_res_units=0, dropout=0.0)

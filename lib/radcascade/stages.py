@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from radcascade.checkpoints import LoadedModel
 from radcascade.labels import LabelContract
-from radcascade.networks import LESION_UNET, ORGAN_UNET, UNetSpec
+from radcascade.networks import FULLRES_LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
     HU_WINDOW,
     LESION_HU_WINDOW,
@@ -120,7 +120,7 @@ class StageSpec:
 
 
 ORGAN = StageSpec("organ", ORGAN_UNET, ORGAN_SPACING, None, LabelContract.organ_mask, 0.5)
-LESION = StageSpec("lesion", LESION_UNET, LESION_SPACING, LESION_MARGIN_MM, LabelContract.lesion_mask, 0.67,
+LESION = StageSpec("lesion", FULLRES_LESION_UNET, LESION_SPACING, LESION_MARGIN_MM, LabelContract.lesion_mask, 0.67,
                    filters_components=True, window=LESION_HU_WINDOW)
 STAGE_SPECS = {spec.name: spec for spec in (ORGAN, LESION)}
 

@@ -51,7 +51,7 @@ from radcascade.distributed import BatchDiceCELoss, Distributed, init_from_env, 
 from radcascade.files import write_json_atomic
 from radcascade.labels import LabelContract
 from radcascade.lesion_quality import choose_min_lesion_ml, choose_min_mean_probability, component_table
-from radcascade.networks import RESENC_LESION_UNET, UNetSpec
+from radcascade.networks import FULLRES_LESION_UNET, LESION_UNET, RESENC_LESION_UNET, UNetSpec
 from radcascade.tracking import tracker_for
 from radcascade.preprocessing import BoundingBox, valid_window
 from radcascade.stages import (
@@ -537,7 +537,8 @@ def cases_from_folder(studies: Path) -> list[TrainingCase]:
     return out
 
 
-LESION_NETWORKS = {"unet": STAGE_SPECS["lesion"].network, "resenc": RESENC_LESION_UNET}
+LESION_NETWORKS = {"unet": LESION_UNET, "unet-fullres": FULLRES_LESION_UNET,
+                   "resenc": RESENC_LESION_UNET}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -563,9 +564,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-every", type=int, default=1, help="validate (the served stage) every N epochs")
     p.add_argument("--cold", action="store_true", help="do not warm-start from existing weights")
     p.add_argument("--lesion-network", choices=sorted(LESION_NETWORKS), default=None,
-                   help="lesion stage network: 'unet' (the committed one) or 'resenc' (nnU-Net's residual encoder with a "
-                        "full-resolution first level and deep supervision; about 3x slower to train on a CPU); "
-                        "default: the published model's, else 'unet'")
+                   help="lesion stage network: 'unet-fullres' (the committed one: MONAI's UNet with a full-resolution first "
+                        "level), 'unet' (the same UNet halving the resolution in its first layer: the earlier "
+                        "committed one, about 3x faster to train on a CPU) or 'resenc' (nnU-Net's residual encoder "
+                        "with a full-resolution first level and deep supervision); default: the published model's, "
+                        "else 'unet-fullres'")
     p.add_argument("--lesion-window", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="lesion stage: CT window (HU) its input is clipped and scaled with; default: the published "
                         "model's, else the stage's")
