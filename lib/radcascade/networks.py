@@ -96,7 +96,7 @@ class UNetSpec:
 ORGAN_UNET = UNetSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2))
 # The earlier committed lesion network (``--lesion-network unet``): its first layer halves the resolution.
 LESION_UNET = UNetSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2))
-# nnU-Net's recipe for the lesion stage (``--network resenc``): full-resolution first level (8
+# nnU-Net's recipe for the lesion stage (``--lesion-network resenc``): full-resolution first level (8
 # channels), residual encoder, 5 levels, 2 deep-supervision heads. About 3x the training step and 2x
 # the inference time of LESION_UNET on a CPU: small lesions are only ~5 voxels across on the lesion
 # grid, and LESION_UNET's first layer already halves the resolution.

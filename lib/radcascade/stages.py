@@ -23,7 +23,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from radcascade.checkpoints import LoadedModel
+from radcascade.checkpoints import Checkpoint, LoadedModel
 from radcascade.labels import LabelContract
 from radcascade.networks import FULLRES_LESION_UNET, ORGAN_UNET, UNetSpec
 from radcascade.preprocessing import (
@@ -111,6 +111,10 @@ class StageSpec:
         else the stage's), resampled to the grid."""
         grid = shape_at_spacing(box.shape, spacing, grid_spacing or self.spacing)
         return normalized_on_grid(image[(slice(None),) + box.slices], grid, window or self.window)
+
+    def prepare_for(self, checkpoint: Checkpoint, image: torch.Tensor, spacing, box: BoundingBox) -> torch.Tensor:
+        """:meth:`prepare` on the grid and in the CT window that ``checkpoint``'s network was trained with."""
+        return self.prepare(image, spacing, box, checkpoint.spacing, checkpoint.hu_window)
 
     def prepare_target(self, mask: np.ndarray, spacing, box: BoundingBox, grid_spacing=None) -> torch.Tensor:
         """A full-resolution binary mask -> ``[1, ...]`` uint8 on the stage's grid over ``box``."""
@@ -210,8 +214,7 @@ class OrganStage:
         loaded = _require(self.model, "organ")
         threshold = self.threshold_for(loaded)
         full_shape = tuple(image.shape[1:])
-        x = self.spec.prepare(image, spacing, self.spec.region(full_shape, spacing, None), loaded.checkpoint.spacing,
-                              loaded.checkpoint.hu_window)
+        x = self.spec.prepare_for(loaded.checkpoint, image, spacing, self.spec.region(full_shape, spacing, None))
         coarse_shape = tuple(x.shape[1:])
         x, back = pad_to_multiple(x, loaded.checkpoint.spec.divisor)
 
@@ -329,7 +332,7 @@ class LesionStage:
         t0 = time.perf_counter()
         loaded = _require(self.model, "lesion")
         box = self.crop_box(organ.box, spacing, tuple(image.shape[1:]))
-        x = self.spec.prepare(image, spacing, box, loaded.checkpoint.spacing, loaded.checkpoint.hu_window)
+        x = self.spec.prepare_for(loaded.checkpoint, image, spacing, box)
         fine_shape = tuple(x.shape[1:])
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
         mirror_axes, threshold, _ = self.settings(loaded)

@@ -180,7 +180,7 @@ class CascadeUncertainty:
         # Stage 1 at its coarse grid, restricted to the (dilated) predicted organ.
         organ_spec = c.organ_stage.spec
         whole = organ_spec.region(volume.shape, volume.spacing, None)
-        xc = organ_spec.prepare(image, volume.spacing, whole, organ_model.checkpoint.spacing, organ_model.checkpoint.hu_window)
+        xc = organ_spec.prepare_for(organ_model.checkpoint, image, volume.spacing, whole)
         coarse_shape = tuple(xc.shape[1:])
         div = organ_model.checkpoint.spec.divisor
         organ_full = self._organ_mask_full(organ, volume.shape, image.device)
@@ -190,8 +190,7 @@ class CascadeUncertainty:
         tta_o = self._organ_probs(organ_model.network, xc, div, mc=False)
         # Stage 2 on its crop at fine spacing, restricted to the organ inside the crop.
         box = c.lesion_stage.crop_box(organ.box, volume.spacing, volume.shape)
-        xf = c.lesion_stage.spec.prepare(image, volume.spacing, box, lesion_model.checkpoint.spacing,
-                                         lesion_model.checkpoint.hu_window)
+        xf = c.lesion_stage.spec.prepare_for(lesion_model.checkpoint, image, volume.spacing, box)
         fine_shape = tuple(xf.shape[1:])
         region_f = F.max_pool3d(resample(organ_full[box.slices].float()[None], fine_shape)[None], 3, 1, 1)[0, 0] > 0.05
         roi = c.lesion_stage.window(fine_shape, lesion_model.checkpoint.spec.divisor)
