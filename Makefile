@@ -39,7 +39,7 @@ test: venv
 sample-data: venv
 	$(BIN)/python -m radcascade.sample_data --out $(STUDIES) --labelled 8 --unlabelled 4 --seed 0
 
-# Starting weights: UNets trained on 32 generated studies (seed 1000, disjoint from the sample set),
+# Starting weights: UNets trained on generated studies (seeds 1000 and 2000, disjoint from the sample set),
 # the classifier (deep features on EfficientNet-Lite0, head only) on 60 more (seed 3000).
 # Committed, so this only runs if they were deleted (CPU: about 3 h on 2 cores).
 $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt $(APP)/pretrained/classifier.pt:
