@@ -36,8 +36,8 @@ def test_inconsistent_specs_are_refused(bad):
 
 
 def test_fullres_unet_keeps_full_resolution_in_its_first_level():
-    """``unet-fullres`` is the committed UNet with a stride-1 first level: its first features have the
-    input's size (the committed one halves it), and it still returns one output of the input's size."""
+    """``unet-fullres`` (the committed lesion network) is the UNet with a stride-1 first level: its first
+    features have the input's size (the earlier ``unet`` halves it), and it returns one output of the input's size."""
     assert LESION_NETWORKS["unet-fullres"] == FULLRES_LESION_UNET and FULLRES_LESION_UNET.divisor == LESION_UNET.divisor
     x = torch.randn(1, 1, 32, 32, 16)
     for spec, first_size in ((FULLRES_LESION_UNET, (32, 32, 16)), (LESION_UNET, (16, 16, 8))):

@@ -102,9 +102,9 @@ LESION_UNET = UNetSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2))
 # grid, and LESION_UNET's first layer already halves the resolution.
 RESENC_LESION_UNET = UNetSpec(channels=(8, 16, 32, 64, 128), strides=(1, 2, 2, 2, 2), dropout=0.1,
                               architecture="resenc", deep_supervision=2)
-# The lesion stage's network (``--lesion-network unet-fullres``, committed): LESION_UNET with one change
-# towards small lesions, a first level at full resolution (stride 1, 8 channels), plus one more level
-# (128 channels) to keep its receptive field. About 3x the training step and 2.3x the inference time of
+# The lesion stage's network (``--lesion-network unet-fullres``, committed): LESION_UNET changed towards
+# small lesions: a first level at full resolution (stride 1, 8 channels) and one more level (128
+# channels) to keep its receptive field. About 3x the training step and 2.3x the inference time of
 # LESION_UNET on a CPU; chosen on validation (docs/benchmarks.md, lesion quality, seventh round).
 FULLRES_LESION_UNET = UNetSpec(channels=(8, 16, 32, 64, 128), strides=(1, 2, 2, 2))
 TINY_UNET = UNetSpec(channels=(4, 8, 16), strides=(2, 2), num_res_units=0, dropout=0.0)
