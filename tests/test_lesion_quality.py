@@ -31,7 +31,8 @@ def test_recall_by_size_band_false_positives_and_pooled_dice():
     assert m["lesion Dice (pooled)"] == pytest.approx(2 * 50 / 250)
     assert m["lesion Dice (mean per study)"] == pytest.approx((0.5 + 0.0) / 2)  # studies with true lesions
     assert report.lesions == 5 and report.lesions_by_band == {
-        "<10 mm": 2, "10-20 mm": 1, ">20 mm": 2, ">=10 mm and <10 HU": 0, ">=10 mm and < noise": 0}
+        "<10 mm": 2, "10-20 mm": 1, ">20 mm": 2, ">=10 mm and <10 HU": 0, ">=10 mm and < noise": 0,
+        ">=10 mm and Rose SNR <5": 0}  # contrasts, noise and voxels unknown: counted under no criterion
     est = report.metrics["false positives / study"]
     assert est.low <= est.value <= est.high
     assert "| recall <10 mm | 0.500" in markdown_table({"x": report})
@@ -68,6 +69,12 @@ def test_lesion_contrast_class_and_recall_by_contrast_and_class():
     outcomes[0].image_noise_hu = 28.0  # a low-dose study: the 25 HU lesion (found) is now fainter than the noise
     m = {k: v.value for k, v in summarise(outcomes, n_boot=50).metrics.items()}
     assert m["recall >=10 mm, contrast < noise"] == 0.5 and m["recall >=10 mm, contrast >= noise"] == 0.0
+    # Rose's criterion also counts the lesion's size: contrast / noise * sqrt(voxels) against 5
+    outcomes[0].true_voxels = [100, 900, 16]  # 25/28*10 = 8.9 (found), 4/28*30 = 4.3, 30/28*4 = 4.3
+    report = summarise(outcomes, n_boot=50)
+    m = {k: v.value for k, v in report.metrics.items()}
+    assert m["recall >=10 mm, Rose SNR <5"] == 0.0 and m["recall >=10 mm, Rose SNR >=5"] == 1.0
+    assert report.lesions_by_band[">=10 mm and Rose SNR <5"] == 2
 
 
 def test_bootstrap_of_a_constant_is_the_constant():

@@ -41,6 +41,12 @@ SIZE_BANDS_MM = ((0.0, 10.0, "<10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.in
 # A lesion whose mean differs from the organ around it by less than this reads as near-isodense: a
 # radiologist finds it by texture, rim or mass effect rather than by its density.
 ISODENSE_HU = 10.0
+# Rose's criterion: a lesion of contrast C over N voxels in white noise of std sigma has an ideal-observer
+# signal-to-noise ratio C / sigma * sqrt(N); under about 5 even an ideal reader cannot tell it from the
+# noise without false alarms. The ratio counts only the voxel noise the cascade measures, not the organ's
+# own texture or the scanner's blur, so it overstates how visible a faint lesion is: a lesion under the
+# criterion is invisible, one over it is not necessarily easy.
+ROSE_SNR = 5.0
 MIN_IOU = 0.1
 
 
@@ -101,6 +107,7 @@ class StudyOutcome:
     true_contrast_hu: list[float] = field(default_factory=list)  # |lesion mean - organ around it|, per lesion
     true_classes: list[int] = field(default_factory=list)  # label value of each true lesion
     image_noise_hu: float | None = None  # the noise the cascade measured in its organ (None: no organ)
+    true_voxels: list[int] = field(default_factory=list)  # voxels of each true lesion
 
     @property
     def lesion_dice(self) -> float | None:
@@ -132,6 +139,7 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
         true_contrast_hu=[round(c, 1) for c, _ in true_lesions],
         true_classes=[v for _, v in true_lesions],
         image_noise_hu=None if result.image_noise_hu is None else round(result.image_noise_hu, 1),
+        true_voxels=[int(v) for v in match.true_voxels],
     )
 
 
@@ -173,10 +181,16 @@ class TrueLesion:
     contrast_hu: float  # nan where unknown
     value: int | None  # label value (class)
     noise_hu: float  # the study's image noise; nan where unknown
+    voxels: float  # nan where unknown
 
     @property
     def contrast_to_noise(self) -> float:
         return self.contrast_hu / self.noise_hu if self.noise_hu > 0 else math.nan
+
+    @property
+    def rose_snr(self) -> float:
+        """The ideal-observer signal-to-noise ratio of Rose's criterion (see :data:`ROSE_SNR`)."""
+        return self.contrast_to_noise * math.sqrt(self.voxels)
 
 
 def _true_lesions(outcomes: Sequence[StudyOutcome]):
@@ -184,8 +198,9 @@ def _true_lesions(outcomes: Sequence[StudyOutcome]):
         contrasts = o.true_contrast_hu or [math.nan] * len(o.detected)
         values = o.true_classes or [None] * len(o.detected)
         noise = math.nan if o.image_noise_hu is None else o.image_noise_hu
-        for size, d, c, v in zip(o.true_diameters_mm, o.detected, contrasts, values):
-            yield TrueLesion(size, d, c, v, noise)
+        voxels = o.true_voxels or [math.nan] * len(o.detected)
+        for size, d, c, v, n in zip(o.true_diameters_mm, o.detected, contrasts, values, voxels):
+            yield TrueLesion(size, d, c, v, noise, n)
 
 
 def _isodense(t: TrueLesion) -> bool:
@@ -194,6 +209,10 @@ def _isodense(t: TrueLesion) -> bool:
 
 def _fainter_than_noise(t: TrueLesion) -> bool:
     return t.contrast_to_noise < 1
+
+
+def _under_rose(t: TrueLesion) -> bool:
+    return t.rose_snr < ROSE_SNR
 
 
 def _band_recall(outcomes: Sequence[StudyOutcome], lo: float, hi: float,
@@ -226,6 +245,9 @@ METRICS: dict[str, Callable[[Sequence[StudyOutcome]], float | None]] = {
     # contrast against the study's voxel noise: a lesion fainter than the noise of one voxel is hard for any reader
     "recall >=10 mm, contrast < noise": lambda os: _band_recall(os, 10.0, math.inf, _fainter_than_noise)[0],
     "recall >=10 mm, contrast >= noise": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.contrast_to_noise >= 1)[0],
+    # the same by Rose's criterion, which also counts the lesion's size (nan, so neither row, where unknown)
+    f"recall >=10 mm, Rose SNR <{ROSE_SNR:g}": lambda os: _band_recall(os, 10.0, math.inf, _under_rose)[0],
+    f"recall >=10 mm, Rose SNR >={ROSE_SNR:g}": lambda os: _band_recall(os, 10.0, math.inf, lambda t: t.rose_snr >= ROSE_SNR)[0],
     **{f"recall 10-20 mm, {name}": (lambda os, v=v: _band_recall(os, 10.0, 20.0, lambda t: t.value == v)[0])
        for v, name in _CLASSES.items()},
     "false positives / study": lambda os: float(np.mean([o.false_positives for o in os])) if os else None,
@@ -281,6 +303,7 @@ def summarise(outcomes: Sequence[StudyOutcome], n_boot: int = 1000, seed: int = 
     bands = {label: _band_recall(outcomes, lo, hi)[1] for lo, hi, label in SIZE_BANDS_MM}
     bands[f">=10 mm and <{ISODENSE_HU:g} HU"] = _band_recall(outcomes, 10.0, math.inf, _isodense)[1]
     bands[">=10 mm and < noise"] = _band_recall(outcomes, 10.0, math.inf, _fainter_than_noise)[1]
+    bands[f">=10 mm and Rose SNR <{ROSE_SNR:g}"] = _band_recall(outcomes, 10.0, math.inf, _under_rose)[1]
     metrics = {name: bootstrap(outcomes, fn, n_boot, seed) for name, fn in METRICS.items()}
     by_protocol = {}
     for protocol in sorted({o.protocol for o in outcomes}):
