@@ -39,9 +39,9 @@ test: venv
 sample-data: venv
 	$(BIN)/python -m radcascade.sample_data --out $(STUDIES) --labelled 8 --unlabelled 4 --seed 0
 
-# Starting weights: UNets trained on generated studies (seeds 1000, 2000, 7000; disjoint from the sample set),
+# Starting weights: UNets trained on generated studies (seeds 1000, 2000, 7000, 8000, 9000; disjoint from the sample set),
 # the classifier (deep features on EfficientNet-Lite0, head only) on 60 more (seed 3000).
-# Committed, so this only runs if they were deleted (CPU: about 3.5 h on 2 cores).
+# Committed, so this only runs if they were deleted (CPU: about 4.5 h on 2 cores).
 $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt $(APP)/pretrained/classifier.pt:
 	$(MAKE) pretrain
 
@@ -55,9 +55,9 @@ pretrain: venv
 	# window (-50..200 HU), 40 epochs on 96 studies of the evaluation's protocol mix (every 4th low-dose,
 	# every 8th lesion-free; ~58 min on one core); (eighth round) then 40 epochs more, warm-started, on 96
 	# other studies (seed 2000) with 3-9 lesions each, learning rate 5e-4 (~62 min on one core), and 26 more
-	# on 96 further studies (seed 7000; ~40 min); then the
-	# smallest lesion kept chosen on 100 validation studies and the confidence cuts (routine, noisy) on 200
-	# (docs/benchmarks.md, lesion quality)
+	# on 96 further studies (seed 7000; ~40 min); (ninth round) then two fine-tunes of that one
+	# and their weights averaged (below); then the smallest lesion kept chosen on 100 validation studies and
+	# the confidence cuts (routine, noisy) on 200 (docs/benchmarks.md, lesion quality)
 	$(BIN)/python -m radcascade.training --generate 96 --seed 1000 --low-dose-every 4 --lesion-free-every 8 \
 		--out $(APP)/pretrained --stages lesion --epochs 40 --max-minutes 90 --val-every 2 \
 		--lesion-network unet-fullres --lesion-window -50 200 --cold
@@ -67,6 +67,15 @@ pretrain: venv
 	$(BIN)/python -m radcascade.training --generate 96 --seed 7000 --low-dose-every 4 --lesion-free-every 8 \
 		--lesions 3 9 --out $(APP)/pretrained --stages lesion --epochs 26 --max-minutes 60 --val-every 2 \
 		--learning-rate 5e-4
+	# (ninth round) two fine-tunes of that network on new studies (seeds 8000, 9000; 26 epochs, ~40 min each
+	# on one core), then the mean of their weights (radcascade.weight_averaging) published as the lesion model
+	for seed in 8000 9000; do rm -rf build/pretrain/$$seed && mkdir -p build/pretrain/$$seed && \
+		cp $(APP)/pretrained/lesion.pt build/pretrain/$$seed/ && \
+		$(BIN)/python -m radcascade.training --generate 96 --seed $$seed --low-dose-every 4 --lesion-free-every 8 \
+		--lesions 3 9 --out build/pretrain/$$seed --stages lesion --epochs 26 --max-minutes 60 --val-every 2 \
+		--learning-rate 5e-4 || exit 1; done
+	$(BIN)/python -m radcascade.weight_averaging --out $(APP)/pretrained/lesion.pt build/pretrain/8000/lesion.pt \
+		build/pretrain/9000/lesion.pt
 	$(BIN)/python benchmarks/lesion_quality.py --choose-filter 100 --apply-to $(APP)/pretrained/lesion.pt
 	$(BIN)/python benchmarks/lesion_quality.py --choose-confidence 200 --apply-to $(APP)/pretrained/lesion.pt
 	$(BIN)/python -m radcascade.classifier_training --generate 60 --seed 3000 --mode features --out $(APP)/pretrained/classifier.pt
