@@ -322,3 +322,27 @@ def test_a_noisy_study_gets_the_noisy_cut_and_both_cuts_are_chosen_apart(tmp_pat
                                                          if held.protocols[n] == "standard"])
     record_confidence(model, routine_only, "test")
     assert not any(k.startswith("min_mean_probability_noisy") for k in read_checkpoint(model).summary)
+
+
+def test_recorded_settings_replace_the_provenance_of_earlier_choices(tmp_path):
+    """A value recorded from a served check takes that check as its source; an earlier chooser's curve stays
+    only where the recorded value is the one it chose."""
+    from radcascade.checkpoints import Checkpoint, publish_checkpoint, read_checkpoint
+    from radcascade.lesion_quality import record_lesion_settings
+    from radcascade.networks import TINY_UNET
+
+    curve = {"0.7": {"recall": 0.6}, "0.8": {"recall": 0.5}}
+    summary = {"min_lesion_ml": 0.2, "min_lesion_ml_curve": {"0.2": {}}, "min_lesion_ml_source": "chooser",
+               "min_mean_probability": 0.7, "min_mean_probability_curve": curve, "min_mean_probability_source": "chooser",
+               "min_mean_probability_noisy": 0.7, "min_mean_probability_noisy_curve": curve,
+               "min_mean_probability_noisy_source": "chooser", "mirror_axes": [2]}
+    path = publish_checkpoint(Checkpoint(TINY_UNET, TINY_UNET.build().state_dict(), (2.5, 2.5, 4.0), summary),
+                              tmp_path / "lesion.pt")
+    record_lesion_settings(path, {"min_lesion_ml": 0.15, "min_mean_probability": 0.7, "min_mean_probability_noisy": 0.8,
+                                  "mirror_axes": None}, "served check")
+    out = read_checkpoint(path).summary
+    assert (out["min_lesion_ml"], out["min_mean_probability"], out["min_mean_probability_noisy"]) == (0.15, 0.7, 0.8)
+    assert [k for k in out if k.endswith("_source")] == ["lesion_settings_source"] and out["lesion_settings_source"] == "served check"
+    assert out["min_mean_probability_curve"] == curve  # the same value as its chooser's: its curve still applies
+    assert "min_lesion_ml_curve" not in out and "min_mean_probability_noisy_curve" not in out
+    assert out["mirror_axes"] == [2]  # not set here: unchanged

@@ -568,7 +568,10 @@ def record_lesion_settings(model_path: Path, settings: dict, source: str) -> Non
             "min_mean_probability": MIN_MEAN_PROBABILITY_KEY,
             "min_mean_probability_noisy": NOISY_MIN_MEAN_PROBABILITY_KEY}
     chosen = {keys[k]: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if v is not None}
-    # a smallest lesion set here replaces the trainer's earlier choice: its curve and source no longer apply
-    stale = ("min_lesion_ml_curve", "min_lesion_ml_source") if MIN_LESION_ML_KEY in chosen else ()
-    _rewrite_summary(model_path, lambda summary: {**{k: v for k, v in summary.items() if k not in stale},
-                                                  **chosen, "lesion_settings_source": source})
+    def rewrite(summary: dict) -> dict:
+        # a value set here has ``source`` as its provenance: an earlier choice's source no longer applies,
+        # nor its curve where the value set differs from the one that curve chose
+        stale = {f"{k}_source" for k in chosen} | {f"{k}_curve" for k, v in chosen.items() if summary.get(k) != v}
+        return {**{k: v for k, v in summary.items() if k not in stale}, **chosen, "lesion_settings_source": source}
+
+    _rewrite_summary(model_path, rewrite)
