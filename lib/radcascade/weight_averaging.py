@@ -93,12 +93,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        averaged = average_model_files(args.models, args.out)
+        average_model_files(args.models, args.out)  # logs each setting it leaves out
     except (ValueError, OSError, CheckpointError) as e:
         parser.error(str(e))
-    left_out = sorted(set(read_checkpoint(args.models[0]).summary) - set(averaged.summary) - set(TRAINING_RUN_KEYS))
-    print(f"published {args.out}: the mean of {len(args.models)} models"
-          + (f"; not carried over (choose again on validation): {', '.join(left_out)}" if left_out else ""))
+    print(f"published {args.out}: the mean of {len(args.models)} models")
 
 
 if __name__ == "__main__":
