@@ -173,6 +173,26 @@ def test_organ_scale_and_lesion_count_make_a_large_organ_with_many_lesions(tmp_p
 
 
 
+def test_lesion_diameter_range_narrows_sizes_and_keeps_the_anatomy(tmp_path):
+    """Training on the sizes the lesion stage misses (--lesion-diameter): the same random numbers are
+    drawn, so the organ is the same and only the lesions' sizes change; a bad range is refused."""
+    import pytest
+
+    base = generate_study(321, "a", SHAPE, SPACING, max_lesions=9, min_lesions=6)
+    small = generate_study(321, "a", SHAPE, SPACING, max_lesions=9, min_lesions=6, lesion_diameter_mm=(8.0, 16.0))
+    np.testing.assert_array_equal(base.label >= 1, small.label >= 1)  # the same organ
+    assert small.lesions and all(8.0 <= l.diameter_mm <= 16.0 for l in small.lesions)
+    assert max(l.diameter_mm for l in base.lesions) > 16.0  # the default range draws larger ones from this seed
+    default = generate_study(321, "a", SHAPE, SPACING, max_lesions=9, min_lesions=6, lesion_diameter_mm=(6.0, 40.0))
+    np.testing.assert_array_equal(base.image, default.image)  # the default range is the committed one
+    with pytest.raises(ValueError, match="diameter"):
+        generate_study(321, "a", SHAPE, SPACING, lesion_diameter_mm=(20.0, 10.0))
+    generate_datastore(tmp_path, 1, 0, seed=3, shape=SHAPE, spacing=SPACING, lesions=(4, 6), lesion_diameter_mm=(8, 16))
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert truth["lesion_diameter_mm"] == [8.0, 16.0]
+    assert all(8.0 <= l["diameter_mm"] <= 16.0 for l in truth["studies"]["study_000"]["lesions"])
+
+
 def test_protocol_mix_marks_every_nth_study_low_dose_and_lesion_free(tmp_path):
     """The training CLI (--low-dose-every / --lesion-free-every) and the held-out evaluation draw their
     protocols with this one function."""

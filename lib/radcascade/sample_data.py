@@ -53,6 +53,8 @@ BENIGN, MALIGNANT = 0, 1  # lesion class index into LabelContract.lesion_classes
 # (roughly a quarter of the dose: noise grows as 1/sqrt(dose)) that a site may add later.
 STANDARD_NOISE_HU = (6.0, 14.0)
 LOW_DOSE_NOISE_HU = (28.0, 40.0)
+# Lesion diameters (mm) are drawn log-uniform in this range: about a third of them 10-20 mm.
+LESION_DIAMETER_MM = (6.0, 40.0)
 # Lesion families: "default" (the committed sample set) and "matched" (first-order statistics
 # matched between classes; see the module docstring).
 FAMILIES = ("default", "matched")
@@ -123,13 +125,18 @@ def generate_study(
     family: str = "default",
     organ_scale: float = 1.0,
     min_lesions: int = 0,
+    lesion_diameter_mm: tuple[float, float] = LESION_DIAMETER_MM,
 ) -> Study:
     """Generate one study deterministically from ``seed`` (``noise_hu``: range of the noise std; the
     anatomy and lesions do not depend on it; ``family``: one of :data:`FAMILIES`; ``organ_scale``
     multiplies the organ's semi-axes (about ``organ_scale**3`` times the volume, within the body);
-    between ``min_lesions`` and ``max_lesions`` lesions are drawn)."""
+    between ``min_lesions`` and ``max_lesions`` lesions are drawn, their diameters log-uniform in
+    ``lesion_diameter_mm``; a narrower range draws the same random numbers, so the anatomy is unchanged)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown lesion family '{family}' (one of {FAMILIES})")
+    d_lo, d_hi = (float(d) for d in lesion_diameter_mm)
+    if not 0 < d_lo <= d_hi:
+        raise ValueError(f"lesion diameter range must be 0 < MIN <= MAX mm, got {lesion_diameter_mm}")
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -209,7 +216,7 @@ def generate_study(
     inside = ndimage.distance_transform_edt(organ, sampling=spacing)
     for _ in range(n_lesions):
         cls = int(rng.integers(0, 2))
-        diameter = float(np.exp(rng.uniform(np.log(6.0), np.log(40.0))))
+        diameter = float(np.exp(rng.uniform(np.log(d_lo), np.log(d_hi))))
         radius = diameter / 2
         candidates = np.argwhere(inside > radius + 2.0)
         if len(candidates) == 0:
@@ -344,13 +351,15 @@ def generate_datastore(
     family: str = "default",
     organ_scale: float = 1.0,
     lesions: tuple[int, int] = (0, 5),
+    lesion_diameter_mm: tuple[float, float] = LESION_DIAMETER_MM,
 ) -> list[Study]:
     """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
 
     Studies whose index is in ``lesion_free`` get the same anatomy as they would otherwise, without
     lesions (a screening worklist is mostly normal studies); those in ``low_dose`` the same anatomy
     and lesions with low-dose noise (:data:`LOW_DOSE_NOISE_HU`).  ``organ_scale`` and ``lesions`` (the
-    (min, max) lesion count of a study) make e.g. a large organ with many lesions (see
+    (min, max) lesion count of a study) make e.g. a large organ with many lesions;
+    ``lesion_diameter_mm`` narrows the lesion sizes, e.g. to the small lesions a network misses (see
     :func:`generate_study`)."""
     contract = contract or LabelContract()
     out = Path(out)
@@ -360,7 +369,7 @@ def generate_datastore(
     for i, s in enumerate(seeds):
         study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else lesions[1],
                                noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU, family=family,
-                               organ_scale=organ_scale, min_lesions=lesions[0])
+                               organ_scale=organ_scale, min_lesions=lesions[0], lesion_diameter_mm=lesion_diameter_mm)
         write_study(study, out, with_label=i < labelled, contract=contract)
         manifest[study.name] = {
             "labelled": i < labelled,
@@ -377,6 +386,8 @@ def generate_datastore(
         head["family"] = family
     if organ_scale != 1.0 or tuple(lesions) != (0, 5):
         head.update(organ_scale=organ_scale, lesions=list(lesions))
+    if tuple(lesion_diameter_mm) != LESION_DIAMETER_MM:
+        head["lesion_diameter_mm"] = [float(d) for d in lesion_diameter_mm]
     write_text_atomic(out / "truth.json", json.dumps({**head, "studies": manifest}, indent=1))
     return studies
 
@@ -393,9 +404,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--family", default="default", choices=FAMILIES)
     p.add_argument("--organ-scale", type=float, default=1.0, help="organ semi-axes x this (1.26: about twice the volume)")
     p.add_argument("--lesions", type=int, nargs=2, default=(0, 5), metavar=("MIN", "MAX"), help="lesions per study")
+    p.add_argument("--lesion-diameter", type=float, nargs=2, default=LESION_DIAMETER_MM, metavar=("MIN", "MAX"),
+                   help="lesion diameters in mm, drawn log-uniform in this range")
     a = p.parse_args(argv)
     studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix,
-                                 family=a.family, organ_scale=a.organ_scale, lesions=tuple(a.lesions))
+                                 family=a.family, organ_scale=a.organ_scale, lesions=tuple(a.lesions),
+                                 lesion_diameter_mm=tuple(a.lesion_diameter))
     n_les = sum(len(s.lesions) for s in studies)
     print(f"wrote {len(studies)} studies ({a.labelled} labelled) with {n_les} lesions to {a.out}")
 

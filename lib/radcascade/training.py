@@ -542,7 +542,7 @@ LESION_NETWORKS = {"unet": LESION_UNET, "unet-fullres": FULLRES_LESION_UNET,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radcascade.sample_data import generate_datastore, protocol_mix
+    from radcascade.sample_data import LESION_DIAMETER_MM, generate_datastore, protocol_mix
 
     p = argparse.ArgumentParser(description="Train the organ and lesion stages on a studies folder.")
     p.add_argument("--studies", type=Path, help="local datastore folder (images + labels/final)")
@@ -554,6 +554,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --generate: every N-th study without lesions (the held-out evaluation's mix is 8)")
     p.add_argument("--lesions", type=int, nargs=2, default=(0, 5), metavar=("MIN", "MAX"),
                    help="with --generate: lesions per study (more shows the lesion stage more small lesions)")
+    p.add_argument("--lesion-diameter", type=float, nargs=2, default=LESION_DIAMETER_MM, metavar=("MIN", "MAX"),
+                   help="with --generate: lesion diameters in mm, log-uniform in this range (narrower: more of the "
+                        "sizes the lesion stage misses)")
     p.add_argument("--out", type=Path, required=True, help="folder for organ.pt / lesion.pt")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--epochs", type=int, default=50)
@@ -583,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"generating {a.generate} studies (seed {a.seed}) in {studies}", flush=True)
         low_dose, lesion_free = protocol_mix(a.generate, a.low_dose_every, a.lesion_free_every)
         generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train", low_dose=low_dose, lesion_free=lesion_free,
-                           lesions=tuple(a.lesions))
+                           lesions=tuple(a.lesions), lesion_diameter_mm=tuple(a.lesion_diameter))
     if studies is None:
         p.error("give --studies or --generate")
     cases = cases_from_folder(studies)
