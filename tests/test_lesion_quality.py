@@ -53,8 +53,10 @@ def test_lesion_contrast_class_and_recall_by_contrast_and_class():
     hu = np.where(label == 1, 60.0, -100.0).astype(np.float32)
     hu[label == 2] = 35.0  # hypodense: 25 HU
     hu[label == 3] = 64.0  # near-isodense: 4 HU
-    (c1, v1), (c2, v2) = describe_true_lesions(hu, label)
-    assert (c1, v1, c2, v2) == (pytest.approx(25.0), 2, pytest.approx(4.0), 3)
+    first, second = describe_true_lesions(hu, label)
+    assert (first.contrast_hu, first.value) == (pytest.approx(25.0), 2)
+    assert (second.contrast_hu, second.value) == (pytest.approx(4.0), 3)
+    assert first.squared_deviation_hu2 == pytest.approx(25.0**2 * 144)  # 6 x 6 x 4 voxels
 
     outcomes = [_outcome("a", [12.0, 30.0, 15.0], [True, False, False], 0)]
     outcomes[0].true_contrast_hu, outcomes[0].true_classes = [25.0, 4.0, 30.0], [2, 3, 3]
@@ -75,6 +77,49 @@ def test_lesion_contrast_class_and_recall_by_contrast_and_class():
     m = {k: v.value for k, v in report.metrics.items()}
     assert m["recall >=10 mm, Rose SNR <5"] == 0.0 and m["recall >=10 mm, Rose SNR >=5"] == 1.0
     assert report.lesions_by_band[">=10 mm and Rose SNR <5"] == 2
+
+
+def test_ideal_observer_sees_a_rim_lesion_whose_mean_is_the_organs():
+    """Rose's criterion from the mean contrast calls a dark core in a bright rim invisible; the ideal
+    observer (signal energy over the noise, estimated on the noisy image) sees it, and agrees with Rose's
+    figure for a uniform lesion; recall rows use it once the squared deviations are recorded."""
+    import numpy as np
+
+    from radcascade.lesion_quality import describe_true_lesions, ideal_observer_snr
+
+    rng = np.random.default_rng(0)
+    sigma = 10.0
+    label = np.zeros((48, 48, 24), np.uint8)
+    label[4:44, 4:44, 2:22] = 1
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in label.shape), indexing="ij")
+    rim_r = np.sqrt((zz - 14) ** 2 + (yy - 14) ** 2 + (xx - 12) ** 2)
+    flat_r = np.sqrt((zz - 33) ** 2 + (yy - 33) ** 2 + (xx - 12) ** 2)
+    label[rim_r <= 3.5] = 3
+    label[flat_r <= 3.5] = 2
+    clean = np.where(label >= 1, 60.0, -100.0)
+    core, shell = rim_r <= 2.2, (rim_r > 2.2) & (rim_r <= 3.5)
+    clean[shell] = 75.0  # a bright rim around a dark core, whose mean is the organ's
+    clean[core] = 60.0 - 15.0 * shell.sum() / core.sum()
+    clean[flat_r <= 3.5] = 48.0  # a uniform lesion 12 HU darker
+    hu = (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
+    rim, flat = describe_true_lesions(hu, label)
+    n_rim, n_flat = int((rim_r <= 3.5).sum()), int((flat_r <= 3.5).sum())
+    rose_rim = rim.contrast_hu / sigma * math.sqrt(n_rim)
+    truth_rim = math.sqrt(((clean[rim_r <= 3.5] - 60.0) ** 2).sum()) / sigma
+    assert rose_rim < 5 < ideal_observer_snr(rim.squared_deviation_hu2, n_rim, sigma)
+    assert ideal_observer_snr(rim.squared_deviation_hu2, n_rim, sigma) == pytest.approx(truth_rim, rel=0.1)
+    assert ideal_observer_snr(flat.squared_deviation_hu2, n_flat, sigma) == pytest.approx(12.0 / sigma * math.sqrt(n_flat), rel=0.25)  # +-1.2 sd
+    assert math.isnan(ideal_observer_snr(1.0, 10, 0.0))
+
+    outcomes = [_outcome("a", [12.0, 12.0], [False, True], 0)]
+    o = outcomes[0]
+    o.true_contrast_hu, o.true_classes = [rim.contrast_hu, flat.contrast_hu], [3, 2]
+    o.true_voxels, o.image_noise_hu = [n_rim, n_flat], sigma
+    assert summarise(outcomes, n_boot=20).lesions_by_band[">=10 mm and Rose SNR <5"] == 1  # the rim lesion, by its mean
+    o.true_squared_deviation_hu2 = [rim.squared_deviation_hu2, flat.squared_deviation_hu2]
+    report = summarise(outcomes, n_boot=20)
+    assert report.lesions_by_band[">=10 mm and Rose SNR <5"] == 0
+    assert report.metrics["recall >=10 mm, Rose SNR >=5"].value == 0.5
 
 
 def test_bootstrap_of_a_constant_is_the_constant():

@@ -41,11 +41,14 @@ SIZE_BANDS_MM = ((0.0, 10.0, "<10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.in
 # A lesion whose mean differs from the organ around it by less than this reads as near-isodense: a
 # radiologist finds it by texture, rim or mass effect rather than by its density.
 ISODENSE_HU = 10.0
-# Rose's criterion: a lesion of contrast C over N voxels in white noise of std sigma has an ideal-observer
-# signal-to-noise ratio C / sigma * sqrt(N); under about 5 even an ideal reader cannot tell it from the
-# noise without false alarms. The ratio counts only the voxel noise the cascade measures, not the organ's
-# own texture or the scanner's blur, so it overstates how visible a faint lesion is: a lesion under the
-# criterion is invisible, one over it is not necessarily easy.
+# Rose's criterion: a uniform lesion of contrast C over N voxels in white noise of std sigma has an
+# ideal-observer signal-to-noise ratio C / sigma * sqrt(N); under about 5 even an ideal reader cannot tell it
+# from the noise without false alarms. A lesion that is not uniform (a dark core inside a bright rim, whose
+# mean can equal the organ's) is seen by its pattern, not its mean: the ideal observer (a matched filter that
+# knows the lesion) has SNR sqrt(sum of (voxel - organ)^2) / sigma, which is Rose's for a uniform lesion and
+# never less. It is estimated on the noisy image (see :func:`ideal_observer_snr`). The ratio counts only the
+# voxel noise the cascade measures, not the organ's own texture or the scanner's blur, so it overstates how
+# visible a faint lesion is: a lesion under the criterion is invisible, one over it is not necessarily easy.
 ROSE_SNR = 5.0
 MIN_IOU = 0.1
 
@@ -108,6 +111,8 @@ class StudyOutcome:
     true_classes: list[int] = field(default_factory=list)  # label value of each true lesion
     image_noise_hu: float | None = None  # the noise the cascade measured in its organ (None: no organ)
     true_voxels: list[int] = field(default_factory=list)  # voxels of each true lesion
+    # per true lesion, sum of (HU - organ ring mean)^2 over its voxels (see describe_true_lesions)
+    true_squared_deviation_hu2: list[float] = field(default_factory=list)
 
     @property
     def lesion_dice(self) -> float | None:
@@ -136,18 +141,28 @@ def evaluate_study(cascade, image: Path, label: Path, protocol: str = "standard"
         lesion_truth_voxels=int(true_lesion.sum()), lesion_predicted_voxels=int(pred_lesion.sum()),
         true_diameters_mm=diameters, detected=[bool(d) for d in match.true_detected],
         false_positives=int((~match.predicted_hit).sum()), latency_s=round(latency, 4),
-        true_contrast_hu=[round(c, 1) for c, _ in true_lesions],
-        true_classes=[v for _, v in true_lesions],
+        true_contrast_hu=[round(t.contrast_hu, 1) for t in true_lesions],
+        true_classes=[t.value for t in true_lesions],
+        true_squared_deviation_hu2=[round(t.squared_deviation_hu2, 1) for t in true_lesions],
         image_noise_hu=None if result.image_noise_hu is None else round(result.image_noise_hu, 1),
         true_voxels=[int(v) for v in match.true_voxels],
     )
 
 
-def describe_true_lesions(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 2) -> list[tuple[float, int]]:
+@dataclass(frozen=True)
+class LesionAppearance:
+    """How one true lesion stands out from the organ around it."""
+
+    contrast_hu: float  # |lesion mean - organ ring mean|; nan where no organ voxel touches it
+    value: int  # the label value painted on most of it (its class)
+    squared_deviation_hu2: float  # sum over its voxels of (HU - organ ring mean)^2; nan as contrast_hu
+
+
+def describe_true_lesions(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 2) -> list[LesionAppearance]:
     """Per true lesion (numbered as :func:`radcascade.evaluation.match_lesions` numbers them): its contrast,
     the absolute difference between its mean HU and the mean HU of the organ in a ring of ``ring_voxels``
-    around it (another lesion in the ring is left out; nan where no organ voxel touches it), and the label
-    value painted on most of it (its class)."""
+    around it (another lesion in the ring is left out), the sum of its voxels' squared deviations from that
+    ring mean (the ideal observer's signal energy plus the noise's), and its class."""
     structure = np.ones((3, 3, 3), bool)
     lesions, n = ndimage.label(label >= FIRST_LESION_VALUE, structure)
     out = []
@@ -155,9 +170,23 @@ def describe_true_lesions(hu: np.ndarray, label: np.ndarray, ring_voxels: int = 
         grown = tuple(slice(max(0, s.start - ring_voxels), s.stop + ring_voxels) for s in sl)
         own = lesions[grown] == i
         ring = ndimage.binary_dilation(own, structure, iterations=ring_voxels) & ~own & (label[grown] == ORGAN_VALUE)
-        contrast = abs(float(hu[grown][own].mean()) - float(hu[grown][ring].mean())) if ring.any() else math.nan
-        out.append((contrast, int(np.bincount(label[grown][own]).argmax())))
+        value = int(np.bincount(label[grown][own]).argmax())
+        if not ring.any():
+            out.append(LesionAppearance(math.nan, value, math.nan))
+            continue
+        inside, organ = hu[grown][own].astype(np.float64), float(hu[grown][ring].mean())
+        out.append(LesionAppearance(abs(float(inside.mean()) - organ), value, float(((inside - organ) ** 2).sum())))
     return out
+
+
+def ideal_observer_snr(squared_deviation_hu2: float, voxels: float, noise_hu: float) -> float:
+    """The ideal observer's SNR for a lesion, estimated on the noisy image: its voxels' squared deviations
+    from the organ hold the signal's energy plus, on average, ``voxels * noise_hu**2`` of noise, so the
+    signal's energy over the noise variance is their sum / noise_hu**2 - voxels (clipped at 0; the estimate
+    scatters by about sqrt(2 * voxels) in that unit: about +-1 at an SNR of 5 for a 10 mm lesion)."""
+    if not noise_hu > 0:
+        return math.nan
+    return math.sqrt(max(0.0, squared_deviation_hu2 / noise_hu**2 - voxels))
 
 
 def evaluate(cascade, held_out: HeldOutSet, progress: Callable[[str], None] = print) -> list[StudyOutcome]:
@@ -182,6 +211,7 @@ class TrueLesion:
     value: int | None  # label value (class)
     noise_hu: float  # the study's image noise; nan where unknown
     voxels: float  # nan where unknown
+    squared_deviation_hu2: float = math.nan  # nan where unknown (results written before it was recorded)
 
     @property
     def contrast_to_noise(self) -> float:
@@ -189,8 +219,11 @@ class TrueLesion:
 
     @property
     def rose_snr(self) -> float:
-        """The ideal-observer signal-to-noise ratio of Rose's criterion (see :data:`ROSE_SNR`)."""
-        return self.contrast_to_noise * math.sqrt(self.voxels)
+        """The ideal observer's signal-to-noise ratio (see :data:`ROSE_SNR`); from the mean contrast alone
+        (Rose's uniform lesion) where the squared deviations were not recorded."""
+        if math.isnan(self.squared_deviation_hu2):
+            return self.contrast_to_noise * math.sqrt(self.voxels)
+        return ideal_observer_snr(self.squared_deviation_hu2, self.voxels, self.noise_hu)
 
 
 def _true_lesions(outcomes: Sequence[StudyOutcome]):
@@ -199,8 +232,9 @@ def _true_lesions(outcomes: Sequence[StudyOutcome]):
         values = o.true_classes or [None] * len(o.detected)
         noise = math.nan if o.image_noise_hu is None else o.image_noise_hu
         voxels = o.true_voxels or [math.nan] * len(o.detected)
-        for size, d, c, v, n in zip(o.true_diameters_mm, o.detected, contrasts, values, voxels):
-            yield TrueLesion(size, d, c, v, noise, n)
+        deviations = o.true_squared_deviation_hu2 or [math.nan] * len(o.detected)
+        for size, d, c, v, n, e in zip(o.true_diameters_mm, o.detected, contrasts, values, voxels, deviations):
+            yield TrueLesion(size, d, c, v, noise, n, e)
 
 
 def _isodense(t: TrueLesion) -> bool:
