@@ -173,8 +173,8 @@ def test_organ_scale_and_lesion_count_make_a_large_organ_with_many_lesions(tmp_p
 
 
 
-def test_lesion_diameter_range_narrows_sizes_and_keeps_the_anatomy(tmp_path):
-    """Training on the sizes the lesion stage misses (--lesion-diameter): the same random numbers are
+def test_lesion_diameter_range_and_class_mix_keep_the_anatomy(tmp_path):
+    """Training on the lesions the lesion stage misses (--lesion-diameter, --malignant-fraction): the same random numbers are
     drawn, so the organ is the same and only the lesions' sizes change; a bad range is refused."""
     import pytest
 
@@ -187,6 +187,13 @@ def test_lesion_diameter_range_narrows_sizes_and_keeps_the_anatomy(tmp_path):
     np.testing.assert_array_equal(base.image, default.image)  # the default range is the committed one
     with pytest.raises(ValueError, match="diameter"):
         generate_study(321, "a", SHAPE, SPACING, lesion_diameter_mm=(20.0, 10.0))
+    # the class mix: all malignant or all benign on request, the organ unchanged
+    for fraction, cls in ((1.0, MALIGNANT), (0.0, BENIGN)):
+        mixed = generate_study(321, "a", SHAPE, SPACING, max_lesions=9, min_lesions=6, malignant_fraction=fraction)
+        np.testing.assert_array_equal(base.label >= 1, mixed.label >= 1)
+        assert mixed.lesions and all(l.lesion_class == cls for l in mixed.lesions)
+    with pytest.raises(ValueError, match="malignant"):
+        generate_study(321, "a", SHAPE, SPACING, malignant_fraction=1.5)
     generate_datastore(tmp_path, 1, 0, seed=3, shape=SHAPE, spacing=SPACING, lesions=(4, 6), lesion_diameter_mm=(8, 16))
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert truth["lesion_diameter_mm"] == [8.0, 16.0]

@@ -126,17 +126,22 @@ def generate_study(
     organ_scale: float = 1.0,
     min_lesions: int = 0,
     lesion_diameter_mm: tuple[float, float] = LESION_DIAMETER_MM,
+    malignant_fraction: float = 0.5,
 ) -> Study:
     """Generate one study deterministically from ``seed`` (``noise_hu``: range of the noise std; the
     anatomy and lesions do not depend on it; ``family``: one of :data:`FAMILIES`; ``organ_scale``
     multiplies the organ's semi-axes (about ``organ_scale**3`` times the volume, within the body);
     between ``min_lesions`` and ``max_lesions`` lesions are drawn, their diameters log-uniform in
-    ``lesion_diameter_mm``; a narrower range draws the same random numbers, so the anatomy is unchanged)."""
+    ``lesion_diameter_mm``; a narrower range draws the same random numbers, so the anatomy is unchanged;
+    each lesion is malignant with probability ``malignant_fraction``, and the anatomy, drawn first, does not
+    depend on it either)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown lesion family '{family}' (one of {FAMILIES})")
     d_lo, d_hi = (float(d) for d in lesion_diameter_mm)
     if not 0 < d_lo <= d_hi:
         raise ValueError(f"lesion diameter range must be 0 < MIN <= MAX mm, got {lesion_diameter_mm}")
+    if not 0.0 <= malignant_fraction <= 1.0:
+        raise ValueError(f"malignant fraction must be within 0..1, got {malignant_fraction}")
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -215,7 +220,10 @@ def generate_study(
     n_lesions = int(rng.integers(min(min_lesions, max_lesions), max_lesions + 1))
     inside = ndimage.distance_transform_edt(organ, sampling=spacing)
     for _ in range(n_lesions):
-        cls = int(rng.integers(0, 2))
+        if malignant_fraction == 0.5:  # the committed sets' draw
+            cls = int(rng.integers(0, 2))
+        else:
+            cls = MALIGNANT if rng.random() < malignant_fraction else BENIGN
         diameter = float(np.exp(rng.uniform(np.log(d_lo), np.log(d_hi))))
         radius = diameter / 2
         candidates = np.argwhere(inside > radius + 2.0)
@@ -352,6 +360,7 @@ def generate_datastore(
     organ_scale: float = 1.0,
     lesions: tuple[int, int] = (0, 5),
     lesion_diameter_mm: tuple[float, float] = LESION_DIAMETER_MM,
+    malignant_fraction: float = 0.5,
 ) -> list[Study]:
     """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
 
@@ -359,8 +368,8 @@ def generate_datastore(
     lesions (a screening worklist is mostly normal studies); those in ``low_dose`` the same anatomy
     and lesions with low-dose noise (:data:`LOW_DOSE_NOISE_HU`).  ``organ_scale`` and ``lesions`` (the
     (min, max) lesion count of a study) make e.g. a large organ with many lesions;
-    ``lesion_diameter_mm`` narrows the lesion sizes, e.g. to the small lesions a network misses (see
-    :func:`generate_study`)."""
+    ``lesion_diameter_mm`` narrows the lesion sizes and ``malignant_fraction`` shifts the classes, e.g.
+    towards the small malignant lesions a network misses (see :func:`generate_study`)."""
     contract = contract or LabelContract()
     out = Path(out)
     (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
@@ -369,7 +378,8 @@ def generate_datastore(
     for i, s in enumerate(seeds):
         study = generate_study(int(s), f"{prefix}_{i:03d}", shape, spacing, max_lesions=0 if i in lesion_free else lesions[1],
                                noise_hu=LOW_DOSE_NOISE_HU if i in low_dose else STANDARD_NOISE_HU, family=family,
-                               organ_scale=organ_scale, min_lesions=lesions[0], lesion_diameter_mm=lesion_diameter_mm)
+                               organ_scale=organ_scale, min_lesions=lesions[0], lesion_diameter_mm=lesion_diameter_mm,
+                               malignant_fraction=malignant_fraction)
         write_study(study, out, with_label=i < labelled, contract=contract)
         manifest[study.name] = {
             "labelled": i < labelled,
@@ -388,6 +398,8 @@ def generate_datastore(
         head.update(organ_scale=organ_scale, lesions=list(lesions))
     if tuple(lesion_diameter_mm) != LESION_DIAMETER_MM:
         head["lesion_diameter_mm"] = [float(d) for d in lesion_diameter_mm]
+    if malignant_fraction != 0.5:
+        head["malignant_fraction"] = float(malignant_fraction)
     write_text_atomic(out / "truth.json", json.dumps({**head, "studies": manifest}, indent=1))
     return studies
 
@@ -406,10 +418,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lesions", type=int, nargs=2, default=(0, 5), metavar=("MIN", "MAX"), help="lesions per study")
     p.add_argument("--lesion-diameter", type=float, nargs=2, default=LESION_DIAMETER_MM, metavar=("MIN", "MAX"),
                    help="lesion diameters in mm, drawn log-uniform in this range")
+    p.add_argument("--malignant-fraction", type=float, default=0.5, help="probability that a lesion is malignant")
     a = p.parse_args(argv)
     studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix,
                                  family=a.family, organ_scale=a.organ_scale, lesions=tuple(a.lesions),
-                                 lesion_diameter_mm=tuple(a.lesion_diameter))
+                                 lesion_diameter_mm=tuple(a.lesion_diameter), malignant_fraction=a.malignant_fraction)
     n_les = sum(len(s.lesions) for s in studies)
     print(f"wrote {len(studies)} studies ({a.labelled} labelled) with {n_les} lesions to {a.out}")
 

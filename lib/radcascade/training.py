@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lesion-diameter", type=float, nargs=2, default=LESION_DIAMETER_MM, metavar=("MIN", "MAX"),
                    help="with --generate: lesion diameters in mm, log-uniform in this range (narrower: more of the "
                         "sizes the lesion stage misses)")
+    p.add_argument("--malignant-fraction", type=float, default=0.5,
+                   help="with --generate: probability that a lesion is malignant")
     p.add_argument("--out", type=Path, required=True, help="folder for organ.pt / lesion.pt")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--epochs", type=int, default=50)
@@ -586,7 +588,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"generating {a.generate} studies (seed {a.seed}) in {studies}", flush=True)
         low_dose, lesion_free = protocol_mix(a.generate, a.low_dose_every, a.lesion_free_every)
         generate_datastore(studies, a.generate, 0, seed=a.seed, prefix="train", low_dose=low_dose, lesion_free=lesion_free,
-                           lesions=tuple(a.lesions), lesion_diameter_mm=tuple(a.lesion_diameter))
+                           lesions=tuple(a.lesions), lesion_diameter_mm=tuple(a.lesion_diameter),
+                           malignant_fraction=a.malignant_fraction)
     if studies is None:
         p.error("give --studies or --generate")
     cases = cases_from_folder(studies)
