@@ -40,7 +40,13 @@ def test_averaging_into_one_of_its_inputs_reads_every_input_first(tmp_path):
     pa, pb = publish_checkpoint(a, tmp_path / "a.pt"), publish_checkpoint(b, tmp_path / "b.pt")
     main([str(pa), str(pb), "--out", str(pa)])
     key = next(k for k, v in a.state_dict.items() if v.is_floating_point())
-    assert torch.allclose(read_checkpoint(pa).state_dict[key], (a.state_dict[key] + b.state_dict[key]) / 2)
+    averaged = read_checkpoint(pa)
+    assert torch.allclose(averaged.state_dict[key], (a.state_dict[key] + b.state_dict[key]) / 2)
+    # averaged again with a fine-tune of it: the earlier average's ingredients stay in the file
+    pc = publish_checkpoint(_fine_tune(3, {**SHARED, "best_dice": 0.9}), tmp_path / "c.pt")
+    main([str(pa), str(pc), "--out", str(pa)])
+    lineage = read_checkpoint(pa).summary["averaged_from"]
+    assert [m["model"] for m in lineage[0]["averaged_from"]] == [str(pa), str(pb)] and lineage[1]["best_dice"] == 0.9
 
 
 def test_models_of_different_networks_or_grids_are_refused_and_nothing_is_written(tmp_path, capsys):

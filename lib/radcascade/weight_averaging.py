@@ -71,8 +71,10 @@ def _shared_summary(checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> 
             summary[key] = value
         else:
             logger.info("averaged model: '%s' differs between the inputs; left out (choose it again on validation)", key)
+    # an input that is itself an average keeps its own ingredients, so the whole lineage stays in the file
     summary["averaged_from"] = [
-        {"model": name, **{k: ck.summary[k] for k in ("trained_at", "best_dice", "best_epoch") if k in ck.summary}}
+        {"model": name, **{k: ck.summary[k] for k in ("trained_at", "best_dice", "best_epoch", "averaged_from")
+                           if k in ck.summary}}
         for name, ck in zip(names, checkpoints)]
     return summary
 
