@@ -46,6 +46,25 @@ sample-data: venv
 $(APP)/pretrained/organ.pt $(APP)/pretrained/lesion.pt $(APP)/pretrained/classifier.pt:
 	$(MAKE) pretrain
 
+# A lesion fine-tune (eighth to tenth rounds): 26 epochs, warm-started, learning rate 5e-4, on 96 new studies
+# of the evaluation's protocol mix with 3-9 lesions each. lesion_fine_tune,SEED[,FLAGS] fine-tunes a copy of
+# the published lesion model in build/pretrain/SEED.
+LESION_FINE_TUNE = --low-dose-every 4 --lesion-free-every 8 --lesions 3 9 --stages lesion --epochs 26 \
+	--max-minutes 60 --val-every 2 --learning-rate 5e-4
+define lesion_fine_tune
+	rm -rf build/pretrain/$(1) && mkdir -p build/pretrain/$(1) && cp $(APP)/pretrained/lesion.pt build/pretrain/$(1)/
+	$(BIN)/python -m radcascade.training --generate 96 --seed $(1) $(LESION_FINE_TUNE) $(2) --out build/pretrain/$(1)
+endef
+# The published lesion model's filters: the smallest lesion kept chosen on 100 validation studies, the
+# confidence cuts (routine, noisy) on 200; then the served pipeline on the 100 decides, and the smallest lesion
+# ML and the noisy cut NOISY it keeps (routine cut 0.7) are recorded: choose_lesion_filters,ML,NOISY
+define choose_lesion_filters
+	$(BIN)/python benchmarks/lesion_quality.py --choose-filter 100 --apply-to $(APP)/pretrained/lesion.pt
+	$(BIN)/python benchmarks/lesion_quality.py --choose-confidence 200 --apply-to $(APP)/pretrained/lesion.pt
+	$(BIN)/python benchmarks/lesion_quality.py --studies 100 --seed 6000 --models served=$(APP)/pretrained \
+		--min-lesion-ml $(1) --min-mean-probability 0.7 --min-mean-probability-noisy $(2) --record-to $(APP)/pretrained/lesion.pt
+endef
+
 pretrain: venv
 	$(BIN)/python -m radcascade.training --generate 32 --seed 1000 --out $(APP)/pretrained --stages organ --epochs 30 --cold
 	# the organ stage, 34 more minutes warm-started on 48 studies; its cut and mirroring (x, y, z) then chosen
@@ -56,50 +75,35 @@ pretrain: venv
 	# window (-50..200 HU), 40 epochs on 96 studies of the evaluation's protocol mix (every 4th low-dose,
 	# every 8th lesion-free; ~58 min on one core); (eighth round) then 40 epochs more, warm-started, on 96
 	# other studies (seed 2000) with 3-9 lesions each, learning rate 5e-4 (~62 min on one core), and 26 more
-	# on 96 further studies (seed 7000; ~40 min); (ninth round) then two fine-tunes of that one
-	# and their weights averaged (below); then the smallest lesion kept chosen on 100 validation studies and
-	# the confidence cuts (routine, noisy) on 200 (docs/benchmarks.md, lesion quality)
+	# on 96 further studies (seed 7000; ~40 min); then the fine-tunes below (docs/benchmarks.md, lesion quality)
 	$(BIN)/python -m radcascade.training --generate 96 --seed 1000 --low-dose-every 4 --lesion-free-every 8 \
 		--out $(APP)/pretrained --stages lesion --epochs 40 --max-minutes 90 --val-every 2 \
 		--lesion-network unet-fullres --lesion-window -50 200 --cold
 	$(BIN)/python -m radcascade.training --generate 96 --seed 2000 --low-dose-every 4 --lesion-free-every 8 \
 		--lesions 3 9 --out $(APP)/pretrained --stages lesion --epochs 40 --max-minutes 90 --val-every 2 \
 		--learning-rate 5e-4
-	$(BIN)/python -m radcascade.training --generate 96 --seed 7000 --low-dose-every 4 --lesion-free-every 8 \
-		--lesions 3 9 --out $(APP)/pretrained --stages lesion --epochs 26 --max-minutes 60 --val-every 2 \
-		--learning-rate 5e-4
-	# (ninth round) two fine-tunes of that network on new studies (seeds 8000, 9000; 26 epochs, ~40 min each
-	# on one core), then the mean of their weights (radcascade.weight_averaging) published as the lesion model
-	for seed in 8000 9000; do rm -rf build/pretrain/$$seed && mkdir -p build/pretrain/$$seed && \
-		cp $(APP)/pretrained/lesion.pt build/pretrain/$$seed/ && \
-		$(BIN)/python -m radcascade.training --generate 96 --seed $$seed --low-dose-every 4 --lesion-free-every 8 \
-		--lesions 3 9 --out build/pretrain/$$seed --stages lesion --epochs 26 --max-minutes 60 --val-every 2 \
-		--learning-rate 5e-4 || exit 1; done
+	$(BIN)/python -m radcascade.training --generate 96 --seed 7000 $(LESION_FINE_TUNE) --out $(APP)/pretrained
+	# (ninth round) two fine-tunes of that network on new studies (seeds 8000, 9000; ~40 min each on one core),
+	# then the mean of their weights (radcascade.weight_averaging) published as the lesion model; served on the
+	# 100 validation studies, the smallest lesion 0.15 ml and the noisy cut 0.8 keep one lesion >= 10 mm more and
+	# one false positive fewer than the choosers' 0.2 ml and 0.7 (chosen inside the true organ)
+	$(call lesion_fine_tune,8000)
+	$(call lesion_fine_tune,9000)
 	$(BIN)/python -m radcascade.weight_averaging --out $(APP)/pretrained/lesion.pt build/pretrain/8000/lesion.pt \
 		build/pretrain/9000/lesion.pt
-	$(BIN)/python benchmarks/lesion_quality.py --choose-filter 100 --apply-to $(APP)/pretrained/lesion.pt
-	$(BIN)/python benchmarks/lesion_quality.py --choose-confidence 200 --apply-to $(APP)/pretrained/lesion.pt
-	# served on the 100 validation studies, the smallest lesion 0.15 ml and the noisy cut 0.8 keep one lesion
-	# >= 10 mm more and one false positive fewer than the choosers' 0.2 ml and 0.7 (chosen inside the true
-	# organ): recorded in the model file
-	$(BIN)/python benchmarks/lesion_quality.py --studies 100 --seed 6000 --models served=$(APP)/pretrained \
-		--min-lesion-ml 0.15 --min-mean-probability 0.7 --min-mean-probability-noisy 0.8 --record-to $(APP)/pretrained/lesion.pt
+	$(call choose_lesion_filters,0.15,0.8)
 	# (tenth round) four fine-tunes of that network on studies whose lesions are 8-24 mm (the sizes it misses;
-	# seed 15000 with 3 in 4 lesions malignant; 26 epochs, ~27 min each on one core), then the mean of its
-	# weights and theirs; the smallest lesion (0.1 ml) and the routine cut (0.7) as the choosers pick them, and
-	# the noisy cut 0.8, which on the served validation studies loses no lesion >= 10 mm and removes 7 false
-	# positives (the chooser, inside the true organ, kept 0.0: 0.7 lost one there)
-	for run in "12000 0.5" "13000 0.5" "14000 0.5" "15000 0.75"; do set -- $$run; \
-		rm -rf build/pretrain/$$1 && mkdir -p build/pretrain/$$1 && cp $(APP)/pretrained/lesion.pt build/pretrain/$$1/ && \
-		$(BIN)/python -m radcascade.training --generate 96 --seed $$1 --low-dose-every 4 --lesion-free-every 8 \
-		--lesions 3 9 --lesion-diameter 8 24 --malignant-fraction $$2 --out build/pretrain/$$1 --stages lesion \
-		--epochs 26 --max-minutes 60 --val-every 2 --learning-rate 5e-4 || exit 1; done
+	# seed 15000 with 3 in 4 lesions malignant; ~27 min each on one core), then the mean of its weights and
+	# theirs; the smallest lesion (0.1 ml) and the routine cut (0.7) as the choosers pick them, and the noisy cut
+	# 0.8, which on the served validation studies loses no lesion >= 10 mm and removes 7 false positives (the
+	# chooser, inside the true organ, kept 0.0: 0.7 lost one there)
+	$(call lesion_fine_tune,12000,--lesion-diameter 8 24)
+	$(call lesion_fine_tune,13000,--lesion-diameter 8 24)
+	$(call lesion_fine_tune,14000,--lesion-diameter 8 24)
+	$(call lesion_fine_tune,15000,--lesion-diameter 8 24 --malignant-fraction 0.75)
 	$(BIN)/python -m radcascade.weight_averaging --out $(APP)/pretrained/lesion.pt $(APP)/pretrained/lesion.pt \
 		build/pretrain/12000/lesion.pt build/pretrain/13000/lesion.pt build/pretrain/14000/lesion.pt build/pretrain/15000/lesion.pt
-	$(BIN)/python benchmarks/lesion_quality.py --choose-filter 100 --apply-to $(APP)/pretrained/lesion.pt
-	$(BIN)/python benchmarks/lesion_quality.py --choose-confidence 200 --apply-to $(APP)/pretrained/lesion.pt
-	$(BIN)/python benchmarks/lesion_quality.py --studies 100 --seed 6000 --models served=$(APP)/pretrained \
-		--min-lesion-ml 0.1 --min-mean-probability 0.7 --min-mean-probability-noisy 0.8 --record-to $(APP)/pretrained/lesion.pt
+	$(call choose_lesion_filters,0.1,0.8)
 	$(BIN)/python -m radcascade.classifier_training --generate 60 --seed 3000 --mode features --out $(APP)/pretrained/classifier.pt
 
 bench: venv

@@ -55,6 +55,8 @@ STANDARD_NOISE_HU = (6.0, 14.0)
 LOW_DOSE_NOISE_HU = (28.0, 40.0)
 # Lesion diameters (mm) are drawn log-uniform in this range: about a third of them 10-20 mm.
 LESION_DIAMETER_MM = (6.0, 40.0)
+# Probability that a lesion is malignant; at this value the class is drawn as the committed sets drew it.
+MALIGNANT_FRACTION = 0.5
 # Lesion families: "default" (the committed sample set) and "matched" (first-order statistics
 # matched between classes; see the module docstring).
 FAMILIES = ("default", "matched")
@@ -126,7 +128,7 @@ def generate_study(
     organ_scale: float = 1.0,
     min_lesions: int = 0,
     lesion_diameter_mm: tuple[float, float] = LESION_DIAMETER_MM,
-    malignant_fraction: float = 0.5,
+    malignant_fraction: float = MALIGNANT_FRACTION,
 ) -> Study:
     """Generate one study deterministically from ``seed`` (``noise_hu``: range of the noise std; the
     anatomy and lesions do not depend on it; ``family``: one of :data:`FAMILIES`; ``organ_scale``
@@ -220,7 +222,7 @@ def generate_study(
     n_lesions = int(rng.integers(min(min_lesions, max_lesions), max_lesions + 1))
     inside = ndimage.distance_transform_edt(organ, sampling=spacing)
     for _ in range(n_lesions):
-        if malignant_fraction == 0.5:  # the committed sets' draw
+        if malignant_fraction == MALIGNANT_FRACTION:  # the committed sets' draw
             cls = int(rng.integers(0, 2))
         else:
             cls = MALIGNANT if rng.random() < malignant_fraction else BENIGN
@@ -360,7 +362,7 @@ def generate_datastore(
     organ_scale: float = 1.0,
     lesions: tuple[int, int] = (0, 5),
     lesion_diameter_mm: tuple[float, float] = LESION_DIAMETER_MM,
-    malignant_fraction: float = 0.5,
+    malignant_fraction: float = MALIGNANT_FRACTION,
 ) -> list[Study]:
     """Generate ``labelled + unlabelled`` studies into ``out`` and a ``truth.json`` manifest.
 
@@ -398,7 +400,7 @@ def generate_datastore(
         head.update(organ_scale=organ_scale, lesions=list(lesions))
     if tuple(lesion_diameter_mm) != LESION_DIAMETER_MM:
         head["lesion_diameter_mm"] = [float(d) for d in lesion_diameter_mm]
-    if malignant_fraction != 0.5:
+    if malignant_fraction != MALIGNANT_FRACTION:
         head["malignant_fraction"] = float(malignant_fraction)
     write_text_atomic(out / "truth.json", json.dumps({**head, "studies": manifest}, indent=1))
     return studies
@@ -418,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lesions", type=int, nargs=2, default=(0, 5), metavar=("MIN", "MAX"), help="lesions per study")
     p.add_argument("--lesion-diameter", type=float, nargs=2, default=LESION_DIAMETER_MM, metavar=("MIN", "MAX"),
                    help="lesion diameters in mm, drawn log-uniform in this range")
-    p.add_argument("--malignant-fraction", type=float, default=0.5, help="probability that a lesion is malignant")
+    p.add_argument("--malignant-fraction", type=float, default=MALIGNANT_FRACTION,
+                   help="probability that a lesion is malignant")
     a = p.parse_args(argv)
     studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix,
                                  family=a.family, organ_scale=a.organ_scale, lesions=tuple(a.lesions),

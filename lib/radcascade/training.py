@@ -542,7 +542,7 @@ LESION_NETWORKS = {"unet": LESION_UNET, "unet-fullres": FULLRES_LESION_UNET,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radcascade.sample_data import LESION_DIAMETER_MM, generate_datastore, protocol_mix
+    from radcascade.sample_data import LESION_DIAMETER_MM, MALIGNANT_FRACTION, generate_datastore, protocol_mix
 
     p = argparse.ArgumentParser(description="Train the organ and lesion stages on a studies folder.")
     p.add_argument("--studies", type=Path, help="local datastore folder (images + labels/final)")
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lesion-diameter", type=float, nargs=2, default=LESION_DIAMETER_MM, metavar=("MIN", "MAX"),
                    help="with --generate: lesion diameters in mm, log-uniform in this range (narrower: more of the "
                         "sizes the lesion stage misses)")
-    p.add_argument("--malignant-fraction", type=float, default=0.5,
+    p.add_argument("--malignant-fraction", type=float, default=MALIGNANT_FRACTION,
                    help="with --generate: probability that a lesion is malignant")
     p.add_argument("--out", type=Path, required=True, help="folder for organ.pt / lesion.pt")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
