@@ -194,6 +194,13 @@ def test_lesion_diameter_range_and_class_mix_keep_the_anatomy(tmp_path):
         assert mixed.lesions and all(l.lesion_class == cls for l in mixed.lesions)
     with pytest.raises(ValueError, match="malignant"):
         generate_study(321, "a", SHAPE, SPACING, malignant_fraction=1.5)
+    with pytest.raises(ValueError, match="diameter"):  # refused before anything is written
+        generate_datastore(tmp_path / "bad", 1, 0, seed=3, shape=SHAPE, spacing=SPACING, lesion_diameter_mm=(0, 16))
+    assert not (tmp_path / "bad").exists()
+    from radcascade.sample_data import main as sample_data_main
+    with pytest.raises(SystemExit):  # the command says what is wrong, and writes nothing either
+        sample_data_main(["--out", str(tmp_path / "bad"), "--malignant-fraction", "2"])
+    assert not (tmp_path / "bad").exists()
     generate_datastore(tmp_path, 1, 0, seed=3, shape=SHAPE, spacing=SPACING, lesions=(4, 6), lesion_diameter_mm=(8, 16))
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert truth["lesion_diameter_mm"] == [8.0, 16.0]

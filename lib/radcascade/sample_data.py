@@ -117,6 +117,15 @@ def _radial_harmonics(rng: np.random.Generator, n_terms: int, amplitude: float):
     return modulation
 
 
+def check_lesion_draw(lesion_diameter_mm: tuple[float, float], malignant_fraction: float) -> None:
+    """Raise ValueError, with what is wrong, for a diameter range or malignant fraction that cannot be drawn."""
+    d_lo, d_hi = (float(d) for d in lesion_diameter_mm)
+    if not 0 < d_lo <= d_hi:
+        raise ValueError(f"lesion diameter range must be 0 < MIN <= MAX mm, got {tuple(lesion_diameter_mm)}")
+    if not 0.0 <= malignant_fraction <= 1.0:
+        raise ValueError(f"malignant fraction must be within 0..1, got {malignant_fraction}")
+
+
 def generate_study(
     seed: int,
     name: str,
@@ -139,11 +148,8 @@ def generate_study(
     depend on it either)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown lesion family '{family}' (one of {FAMILIES})")
+    check_lesion_draw(lesion_diameter_mm, malignant_fraction)
     d_lo, d_hi = (float(d) for d in lesion_diameter_mm)
-    if not 0 < d_lo <= d_hi:
-        raise ValueError(f"lesion diameter range must be 0 < MIN <= MAX mm, got {lesion_diameter_mm}")
-    if not 0.0 <= malignant_fraction <= 1.0:
-        raise ValueError(f"malignant fraction must be within 0..1, got {malignant_fraction}")
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -372,6 +378,7 @@ def generate_datastore(
     (min, max) lesion count of a study) make e.g. a large organ with many lesions;
     ``lesion_diameter_mm`` narrows the lesion sizes and ``malignant_fraction`` shifts the classes, e.g.
     towards the small malignant lesions a network misses (see :func:`generate_study`)."""
+    check_lesion_draw(lesion_diameter_mm, malignant_fraction)  # before anything is written
     contract = contract or LabelContract()
     out = Path(out)
     (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
@@ -423,6 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--malignant-fraction", type=float, default=MALIGNANT_FRACTION,
                    help="probability that a lesion is malignant")
     a = p.parse_args(argv)
+    try:
+        check_lesion_draw(tuple(a.lesion_diameter), a.malignant_fraction)
+    except ValueError as e:
+        p.error(str(e))
     studies = generate_datastore(a.out, a.labelled, a.unlabelled, a.seed, tuple(a.shape), tuple(a.spacing), a.prefix,
                                  family=a.family, organ_scale=a.organ_scale, lesions=tuple(a.lesions),
                                  lesion_diameter_mm=tuple(a.lesion_diameter), malignant_fraction=a.malignant_fraction)

@@ -542,7 +542,8 @@ LESION_NETWORKS = {"unet": LESION_UNET, "unet-fullres": FULLRES_LESION_UNET,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from radcascade.sample_data import LESION_DIAMETER_MM, MALIGNANT_FRACTION, generate_datastore, protocol_mix
+    from radcascade.sample_data import (LESION_DIAMETER_MM, MALIGNANT_FRACTION, check_lesion_draw, generate_datastore,
+                                        protocol_mix)
 
     p = argparse.ArgumentParser(description="Train the organ and lesion stages on a studies folder.")
     p.add_argument("--studies", type=Path, help="local datastore folder (images + labels/final)")
@@ -584,6 +585,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     studies = a.studies
     if a.generate:
+        try:
+            check_lesion_draw(tuple(a.lesion_diameter), a.malignant_fraction)
+        except ValueError as e:
+            p.error(str(e))
         studies = Path(tempfile.mkdtemp(prefix="radcascade-train-"))
         print(f"generating {a.generate} studies (seed {a.seed}) in {studies}", flush=True)
         low_dose, lesion_free = protocol_mix(a.generate, a.low_dose_every, a.lesion_free_every)
