@@ -42,8 +42,7 @@ SIZES = {"ct": ((512, 512, 200), (0.8, 0.8, 2.5)), "small": ((128, 128, 48), (2.
 
 
 def time_cascade(image: Path, device: torch.device, amp: bool, repeats: int, work: Path) -> dict:
-    cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", device, amp=amp,
-                      classifier_model=PRETRAINED / "classifier.pt")
+    cascade = Cascade.in_folder(LabelContract(), PRETRAINED, device, amp=amp)
     runs, label = [], None
     for i in range(repeats + 1):  # the first run warms up (model load, CUDA kernels)
         t0 = time.perf_counter()

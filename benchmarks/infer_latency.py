@@ -68,8 +68,7 @@ def bench_in_process(studies: Path, names: dict[str, str], repeats: int, device:
     """``knobs``: technique trials on the lesion stage's sliding window (``overlap``, ``sw_batch_size``) and
     ``inference_mode`` (run under ``torch.inference_mode`` instead of the stages' ``no_grad`` alone)."""
     knobs = knobs or {}
-    cascade = Cascade(LabelContract(), PRETRAINED / "organ.pt", PRETRAINED / "lesion.pt", torch.device(device),
-                      classifier_model=PRETRAINED / "classifier.pt")
+    cascade = Cascade.in_folder(LabelContract(), PRETRAINED, torch.device(device))
     for k in ("overlap", "sw_batch_size"):
         if knobs.get(k) is not None:
             setattr(cascade.lesion_stage, k, knobs[k])

@@ -29,6 +29,7 @@ import torch
 
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
+from radcascade.stages import SMALL_LESION_MODEL_FILE
 from radcascade.lesion_quality import (
     HELD_OUT_SEED,
     VALIDATION_SEED,
@@ -100,7 +101,8 @@ def main() -> None:
         return
     if a.choose_confidence or a.choose_filter:
         lesion = a.apply_to or REPO / "apps/radcascade/pretrained/lesion.pt"
-        cascade = Cascade(LabelContract(), lesion.parent / "organ.pt", lesion, torch.device("cpu"))
+        cascade = Cascade(LabelContract(), lesion.parent / "organ.pt", lesion, torch.device("cpu"),
+                          small_lesion_model=lesion.parent / SMALL_LESION_MODEL_FILE)
         n = a.choose_confidence or a.choose_filter
         source = f"{n} validation studies, seed {VALIDATION_SEED}, {time.strftime('%Y-%m-%d')}"
         with tempfile.TemporaryDirectory(prefix="rc-validation-") as tmp:
@@ -131,11 +133,9 @@ def main() -> None:
         for spec in a.models:
             name, folder = spec.split("=", 1)
             folder = Path(folder)
-            classifier = folder / "classifier.pt"
-            cascade = Cascade(LabelContract(), folder / "organ.pt", folder / "lesion.pt", torch.device("cpu"),
-                              classifier_model=classifier if classifier.exists() else None, min_lesion_ml=a.min_lesion_ml,
-                              min_inside_organ=a.min_inside_organ, min_mean_probability=a.min_mean_probability,
-                              min_mean_probability_noisy=a.min_mean_probability_noisy)
+            cascade = Cascade.in_folder(LabelContract(), folder, torch.device("cpu"), min_lesion_ml=a.min_lesion_ml,
+                                        min_inside_organ=a.min_inside_organ, min_mean_probability=a.min_mean_probability,
+                                        min_mean_probability_noisy=a.min_mean_probability_noisy)
             for k, v in trial.items():
                 if v is not None:
                     setattr(cascade.lesion_stage, k, v)

@@ -15,7 +15,7 @@ from radcascade.sample_data import Study, generate_datastore
 
 APP_DIR = localserver.APP_DIR
 PRETRAINED = Path(os.environ.get("RADCASCADE_TEST_WEIGHTS", APP_DIR / "pretrained"))
-MODEL_FILES = ("organ.pt", "lesion.pt", "classifier.pt")
+MODEL_FILES = ("organ.pt", "lesion.pt", "lesion_small.pt", "classifier.pt")
 # Same anatomy in mm as the sample set, at coarser voxels so tests stay fast on 2 cores.
 TINY_SHAPE = (80, 80, 32)
 TINY_SPACING = (4.0, 4.0, 6.0)
@@ -51,7 +51,8 @@ def model_dir(tmp_path) -> Path:
 
 def copy_weights(target: Path) -> None:
     for f in MODEL_FILES:
-        shutil.copy(PRETRAINED / f, target / f)
+        if (PRETRAINED / f).exists():  # the small-lesion detector is optional
+            shutil.copy(PRETRAINED / f, target / f)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from radcascade.checkpoints import Checkpoint, publish_checkpoint, read_checkpoint
+from radcascade.checkpoints import Checkpoint, WarmModel, publish_checkpoint, read_checkpoint
 from radcascade.networks import TINY_UNET
 from radcascade.weight_averaging import average_checkpoints, main
 
@@ -32,6 +32,9 @@ def test_weights_are_the_mean_shared_choices_kept_and_differing_filters_left_out
     assert {k: out.summary[k] for k in SHARED} == SHARED
     assert "min_lesion_ml" not in out.summary and "train_cases" not in out.summary  # chosen again on validation
     assert [m["best_dice"] for m in out.summary["averaged_from"]] == [0.87, 0.85]
+    # what /info shows for it: an average has no training run of its own
+    assert WarmModel(tmp_path / "lesion.pt", torch.device("cpu")).status().startswith(
+        f"mean of the weights of 2 models, averaged {out.summary['averaged_at']}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt", "lesion.pt"]  # no temporary left
 
 

@@ -16,6 +16,7 @@ from radcascade.labels import FIRST_LESION_VALUE, ORGAN_VALUE, LabelContract
 from radcascade.patches import LesionGeometry
 from radcascade.preprocessing import NOISY_STUDY_NOISE_HU, BoundingBox, image_noise_hu
 from radcascade.stages import (
+    SMALL_LESION_MODEL_FILE,
     STAGE_SPECS,
     LesionStage,
     OrganResult,
@@ -148,6 +149,7 @@ class Cascade:
         min_inside_organ: float | None = None,
         min_mean_probability: float | None = None,
         min_mean_probability_noisy: float | None = None,
+        small_lesion_model: str | Path | WarmModel | None = None,
     ):
         self.contract = contract
         self.device = device or default_device()
@@ -158,11 +160,34 @@ class Cascade:
         self.lesion_model = as_warm(lesion_model)
         self.classifier_model = as_warm(classifier_model, loader=load_classifier) if classifier_model else None
         self.organ_stage = OrganStage(self.organ_model, amp=amp)
-        self.lesion_stage = LesionStage(self.lesion_model, amp=amp)
+        # The small-lesion detector (optional; a path whose file is missing or appears later works too).
+        self.small_lesion_model = as_warm(small_lesion_model) if small_lesion_model else None
+        self.lesion_stage = LesionStage(self.lesion_model, amp=amp, small_lesion_model=self.small_lesion_model)
         self.min_lesion_ml = min_lesion_ml  # None: the lesion model's own choice, else MIN_LESION_ML
         self.min_inside_organ = min_inside_organ  # None: the lesion model's own choice, else 0.0
         self.min_mean_probability = min_mean_probability  # None: the lesion model's own choice, else 0.0
         self.min_mean_probability_noisy = min_mean_probability_noisy  # None: the file's, else the routine cut
+
+    @classmethod
+    def in_folder(cls, contract: LabelContract, folder: str | Path, device: torch.device | None = None,
+                  **options) -> "Cascade":
+        """The cascade of a model folder as the server runs it: ``organ.pt``, ``lesion.pt``, the small-lesion
+        detector ``lesion_small.pt`` and ``classifier.pt`` where present."""
+        folder = Path(folder)
+        classifier = folder / "classifier.pt"
+        return cls(contract, folder / "organ.pt", folder / "lesion.pt", device,
+                   classifier_model=classifier if classifier.exists() else None,
+                   small_lesion_model=folder / SMALL_LESION_MODEL_FILE, **options)
+
+    def models(self) -> dict[str, WarmModel]:
+        """The models in use by name (``organ``, ``lesion``, ``lesion_small`` when one is published,
+        ``classifier`` when given): what ``/info`` reports and what a stored result is keyed by."""
+        models = {"organ": self.organ_model, "lesion": self.lesion_model}
+        if self.small_lesion_model is not None and self.small_lesion_model.get() is not None:
+            models["lesion_small"] = self.small_lesion_model
+        if self.classifier_model is not None:
+            models["classifier"] = self.classifier_model
+        return models
 
     def run_file(self, path: str | Path) -> tuple[Volume, CascadeResult]:
         t0 = time.perf_counter()

@@ -210,7 +210,11 @@ class WarmModel:
         if loaded is None:
             return f"UNTRAINED: {self.problem}"
         s = loaded.checkpoint.summary
-        text = f"trained {s.get('trained_at', '?')}"
+        if "trained_at" not in s and s.get("averaged_from"):  # radcascade.weight_averaging: no run of its own
+            text = f"mean of the weights of {len(s['averaged_from'])} models"
+            text += f", averaged {s['averaged_at']}" if s.get("averaged_at") else ""
+        else:
+            text = f"trained {s.get('trained_at', '?')}"
         if s.get("best_dice") is not None:
             text += f", validation Dice {s['best_dice']:.3f}"
         if s.get("val_auc") is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -39,12 +40,16 @@ from radcascade.preprocessing import (
     upsample_above,
 )
 
+logger = logging.getLogger(__name__)
+
 # Default spacings (mm) the stages are trained at; a checkpoint records its own.
 ORGAN_SPACING = (5.0, 5.0, 8.0)
 LESION_SPACING = (2.5, 2.5, 4.0)
 LESION_MARGIN_MM = 12.0
 LESION_ROI = (96, 96, 48)
 LESION_OVERLAP = 0.25
+# The small-lesion detector's file, next to the lesion model's (see LesionStage).
+SMALL_LESION_MODEL_FILE = "lesion_small.pt"
 # A model file (either stage's) may carry its test-time mirroring, and a lesion model file its probability
 # threshold and crop margin, chosen on validation.
 MIRROR_AXES_KEY = "mirror_axes"
@@ -273,7 +278,14 @@ def window_logits(network: torch.nn.Module, x: torch.Tensor, roi, sw_batch_size:
 
 
 class LesionStage:
-    """Organ box + margin -> fine spacing -> sliding-window UNet -> lesion mask inside the organ."""
+    """Organ box + margin -> fine spacing -> sliding-window UNet -> lesion mask inside the organ.
+
+    An optional **small-lesion detector** (a second lesion network, fine-tuned on small lesions) runs on the
+    same input, and the lesion probability is the larger of the two at every voxel: a lesion either
+    network finds is found, and the main network's post-processing choices (threshold, mirroring, the
+    filters recorded in its file) apply to the result.  A detector trained on another grid or CT window
+    than the main network cannot share its input and is not used (logged once, see :meth:`detector`).
+    """
 
     spec = LESION
 
@@ -287,8 +299,11 @@ class LesionStage:
         mirror_axes: tuple[int, ...] | None = None,
         threshold: float | None = None,
         margin_mm: float | None = None,
+        small_lesion_model: ModelSource | None = None,
     ):
         self.model = model
+        self.small_lesion_model = small_lesion_model
+        self._refused_detector: str | None = None  # digest of a detector already reported as unusable
         self.roi_size = tuple(roi_size)
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
@@ -319,6 +334,22 @@ class LesionStage:
 
         return mirrored_probability(forward, x.unsqueeze(0), mirror_axes)[0]
 
+    def detector(self, main: LoadedModel) -> LoadedModel | None:
+        """The small-lesion detector to run with ``main``, or None: none published, or one whose grid or
+        CT window differs from ``main``'s (it could not share the prepared input)."""
+        loaded = self.small_lesion_model.get() if self.small_lesion_model is not None else None
+        if loaded is None:
+            return None
+        mine, theirs = main.checkpoint, loaded.checkpoint
+        if (tuple(theirs.spacing), tuple(theirs.hu_window)) != (tuple(mine.spacing), tuple(mine.hu_window)):
+            if self._refused_detector != loaded.digest:
+                self._refused_detector = loaded.digest
+                logger.warning("small-lesion detector not used: its grid %s mm / window %s HU differs from the lesion "
+                               "model's %s / %s", tuple(theirs.spacing), tuple(theirs.hu_window),
+                               tuple(mine.spacing), tuple(mine.hu_window))
+            return None
+        return loaded
+
     def window(self, fine_shape, divisor: int) -> tuple[int, ...]:
         """Sliding-window size: the configured ROI, shrunk to a small crop (a multiple of ``divisor``)."""
         return tuple(min(r, int(np.ceil(n / divisor) * divisor)) for r, n in zip(self.roi_size, fine_shape))
@@ -337,6 +368,10 @@ class LesionStage:
         roi = self.window(fine_shape, loaded.checkpoint.spec.divisor)
         mirror_axes, threshold, _ = self.settings(loaded)
         prob_fine = self.probability(loaded.network, x, roi, mirror_axes)
+        detector = self.detector(loaded)
+        if detector is not None:
+            detector_roi = self.window(fine_shape, detector.checkpoint.spec.divisor)
+            prob_fine = torch.maximum(prob_fine, self.probability(detector.network, x, detector_roi, mirror_axes))
         # Lesions lie inside the organ: allow a 2-voxel tolerance around the organ mask.
         organ_in_crop = torch.zeros(box.shape, dtype=torch.bool, device=image.device)
         offset = tuple(o - b for o, b in zip(organ.box.lo, box.lo))

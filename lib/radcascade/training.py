@@ -44,6 +44,7 @@ from radcascade.checkpoints import (
     Checkpoint,
     CheckpointError,
     FixedModel,
+    WarmModel,
     publish_checkpoint,
     read_checkpoint,
 )
@@ -60,6 +61,7 @@ from radcascade.stages import (
     ORGAN_MIRROR_AXES,
     ORGAN_THRESHOLD_KEY,
     ORGAN_THRESHOLDS,
+    SMALL_LESION_MODEL_FILE,
     STAGE_SPECS,
     StageSpec,
     autocast_for,
@@ -292,6 +294,11 @@ class Trainer:
         self._progress = progress or (lambda msg: logger.info(msg))
         self.on_step = on_step  # (dist, epoch, step, loss) after every optimiser step, on every rank
         self.tracker = tracker_for(tracking_uri if self.dist.main else None)  # MLflow, rank 0 only
+        # A small-lesion detector published next to the lesion model runs in the served stage, so it runs in
+        # validation too (radcascade.stages.LesionStage).
+        detector = self.model_path.parent / SMALL_LESION_MODEL_FILE
+        self._detector = (WarmModel(detector, self.device) if cfg.stage == "lesion" and detector != self.model_path
+                          and detector.exists() else None)
 
     def _read_published(self, cfg: TrainConfig) -> tuple[Checkpoint | None, str | None]:
         """The published model to warm-start from (read once, when the trainer is made), or why there is none."""
@@ -334,7 +341,7 @@ class Trainer:
         net.eval()
         source = FixedModel(net, Checkpoint(self.cfg.spec, {}, tuple(self.cfg.spacing), dict(summary or {}),
                                             self.cfg.hu_window))
-        return Cascade(self.contract, source, source, self.device, amp=self.cfg.amp)
+        return Cascade(self.contract, source, source, self.device, amp=self.cfg.amp, small_lesion_model=self._detector)
 
     def _validate(self, net: torch.nn.Module, val: list[ValidationCase], summary: dict | None = None) -> float:
         """Pooled Dice over the validation studies of what the *served* stage answers with ``net``

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -76,6 +77,7 @@ def _shared_summary(checkpoints: Sequence[Checkpoint], names: Sequence[str]) -> 
         {"model": name, **{k: ck.summary[k] for k in ("trained_at", "best_dice", "best_epoch", "averaged_from")
                            if k in ck.summary}}
         for name, ck in zip(names, checkpoints)]
+    summary["averaged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return summary
 
 

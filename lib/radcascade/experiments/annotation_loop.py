@@ -168,9 +168,7 @@ def train_round(model_dir: Path, cases: list[TrainingCase], epochs: int, seed: i
 
 
 def cascade_of(model_dir: Path, contract: LabelContract) -> Cascade:
-    clf = model_dir / "classifier.pt"
-    return Cascade(contract, model_dir / "organ.pt", model_dir / "lesion.pt", torch.device("cpu"), amp=False,
-                   classifier_model=clf if clf.exists() else None, min_lesion_ml=MIN_LESION_ML)
+    return Cascade.in_folder(contract, model_dir, torch.device("cpu"), amp=False, min_lesion_ml=MIN_LESION_ML)
 
 
 def _pooled_dice(overlaps: list[tuple[float, float]]) -> float:

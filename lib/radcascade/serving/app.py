@@ -70,7 +70,7 @@ from radcascade.serving.scoring import UncertaintyScoring
 from radcascade.serving.strategies import MostUncertain, RandomUnlabelled
 from radcascade.serving.train import ClassifierTrainTask, StageTrainTask
 from radcascade.serving.train_queue import TrainPolicy
-from radcascade.stages import default_device
+from radcascade.stages import SMALL_LESION_MODEL_FILE, default_device
 from radcascade.tracking import default_tracking_uri
 from radcascade.training import STAGES
 from radcascade.volume_headers import VolumeBudget
@@ -79,7 +79,8 @@ from radcascade.volumes import DEFAULT_MAX_VOXELS
 logger = logging.getLogger(__name__)
 
 
-MODEL_FILES = (*STAGES, "classifier")
+# The model files a model folder holds (the small-lesion detector is optional, see radcascade.stages.LesionStage).
+MODEL_FILES = (*STAGES, Path(SMALL_LESION_MODEL_FILE).stem, "classifier")
 
 
 def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
@@ -129,7 +130,8 @@ class RadCascadeApp(MONAILabelApp):
         device = torch.device(conf["device"]) if conf.get("device") else default_device()
         amp = parse_bool(conf.get("amp", "true"), "amp")
         self.cascade = Cascade(self.contract, self.model_dir / "organ.pt", self.model_dir / "lesion.pt", device,
-                               amp=amp, classifier_model=self.model_dir / "classifier.pt")
+                               amp=amp, classifier_model=self.model_dir / "classifier.pt",
+                               small_lesion_model=self.model_dir / SMALL_LESION_MODEL_FILE)
         self.allow_download = parse_bool(conf.get("allow_download", "false"), "allow_download")
         self.classifier_defaults = ClassifierTrainOptions().parse({
             "mode": conf.get("classifier_mode"), "backbone": conf.get("classifier_backbone"),

@@ -118,10 +118,7 @@ class _CascadeTask(_Saliency, InferTask):
         return self.cascade.contract.names_to_values()
 
     def _models(self):
-        models = {"organ": self.cascade.organ_model, "lesion": self.cascade.lesion_model}
-        if self.cascade.classifier_model is not None:
-            models["classifier"] = self.cascade.classifier_model
-        return models
+        return self.cascade.models()
 
     def info(self) -> Dict[str, Any]:
         info = super().info()
@@ -202,7 +199,7 @@ class CascadeInferTask(_CascadeTask):
     anything but the findings report (storing a CT-sized label costs more than the networks do).
     """
 
-    stage_names = ("organ", "lesion", "classifier")
+    stage_names = ("organ", "lesion", "lesion_small", "classifier")
     options = {"fresh": False}  # run the networks even when the stored result is from the same models
 
     def __init__(self, *args, **kwargs):
@@ -313,7 +310,7 @@ class LesionInferTask(_CascadeTask):
     ``submitted label`` (default) the organ of the study's submitted label; else stage 1.
     """
 
-    stage_names = ("organ", "lesion", "classifier")
+    stage_names = ("organ", "lesion", "lesion_small", "classifier")
     options = {"organ_from": ["submitted label", "organ stage"]}
 
     def _labels(self) -> Dict[str, int]:
