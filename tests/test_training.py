@@ -113,6 +113,47 @@ def test_reported_validation_dice_is_the_dice_of_the_served_stage(tiny_studies, 
         assert result.best_metric == pytest.approx(2 * inter / total if total else 1.0, abs=1e-5), stage
 
 
+def test_lesion_validation_runs_the_small_lesion_detector_published_beside_it(tiny_studies, tmp_path):
+    """The served lesion stage runs a small-lesion detector published next to the lesion model, so the
+    trainer's validation Dice (what Slicer shows) is measured with it too: a lesion network that finds
+    nothing, trained on at a negligible learning rate, scores 0 alone and what the detector (the committed
+    lesion network) finds with it beside."""
+    import shutil
+    from dataclasses import replace
+
+    import pytest
+    import torch
+
+    from conftest import PRETRAINED
+    from radcascade.cascade import Cascade, organ_from_label
+    from radcascade.checkpoints import publish_checkpoint
+    from radcascade.stages import SMALL_LESION_MODEL_FILE
+    from radcascade.training import read_case
+
+    model, detector = tmp_path / "lesion.pt", tmp_path / SMALL_LESION_MODEL_FILE
+    blind = read_checkpoint(PRETRAINED / "lesion.pt")
+    state = {k: v.clone() for k, v in blind.state_dict.items()}
+    last_bias = [k for k, v in state.items() if k.endswith("bias") and v.shape == (2,)][-1]
+    state[last_bias][1] -= 1000.0  # background everywhere
+    publish_checkpoint(replace(blind, state_dict=state), model)
+    cases = cases_from_folder(tiny_studies.folder)
+    cfg = TrainConfig(stage="lesion", max_epochs=1, learning_rate=1e-12, patch_size=(32, 32, 16),
+                      samples_per_volume=1, val_fraction=0.34)
+    alone = Trainer(cfg, CONTRACT, model).fit(cases)
+    shutil.copy(PRETRAINED / "lesion.pt", detector)
+    result = Trainer(cfg, CONTRACT, model).fit(cases)
+
+    served = Cascade(CONTRACT, PRETRAINED / "organ.pt", model, torch.device("cpu"), small_lesion_model=detector)
+    inter = total = 0
+    for case in (c for c in cases if c.name in result.val_cases):
+        volume, label = read_case(case, CONTRACT)
+        pred = served.run(volume, organ=organ_from_label(label >= 1, torch.device("cpu"))).label >= 2
+        inter += int((pred & (label >= 2)).sum())
+        total += int(pred.sum() + (label >= 2).sum())
+    assert alone.best_metric == 0.0 and result.best_metric > 0.5
+    assert result.best_metric == pytest.approx(2 * inter / total, abs=1e-5)
+
+
 def test_organ_cut_follows_the_model_file(tiny_studies, tmp_path):
     """A lower organ cut recorded in the model file widens the served organ (a superset of the 0.5 cut)."""
     from dataclasses import replace
