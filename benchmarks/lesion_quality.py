@@ -29,7 +29,6 @@ import torch
 
 from radcascade.cascade import Cascade
 from radcascade.labels import LabelContract
-from radcascade.stages import SMALL_LESION_MODEL_FILE
 from radcascade.lesion_quality import (
     HELD_OUT_SEED,
     VALIDATION_SEED,
@@ -45,6 +44,7 @@ from radcascade.lesion_quality import (
     record_organ_threshold,
     summarise,
 )
+from radcascade.stages import SMALL_LESION_MODEL_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
