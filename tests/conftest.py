@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from radcascade import localserver
+from radcascade.cascade import MODEL_FILES
 from radcascade.sample_data import Study, generate_datastore
 
 APP_DIR = localserver.APP_DIR
 PRETRAINED = Path(os.environ.get("RADCASCADE_TEST_WEIGHTS", APP_DIR / "pretrained"))
-MODEL_FILES = ("organ.pt", "lesion.pt", "lesion_small.pt", "classifier.pt")
 # Same anatomy in mm as the sample set, at coarser voxels so tests stay fast on 2 cores.
 TINY_SHAPE = (80, 80, 32)
 TINY_SPACING = (4.0, 4.0, 6.0)
@@ -47,6 +47,22 @@ def model_dir(tmp_path) -> Path:
     out.mkdir()
     copy_weights(out)
     return out
+
+
+def lesion_model_answering(path: Path, lesion_logit: float, spacing=None) -> Path:
+    """The committed lesion network with its output pushed to lesion (+) or background (-) everywhere, published
+    at ``path`` (on another grid with ``spacing``): a lesion model, or small-lesion detector, whose answer is known."""
+    from dataclasses import replace
+
+    from radcascade.checkpoints import publish_checkpoint, read_checkpoint
+
+    ckpt = read_checkpoint(PRETRAINED / "lesion.pt")
+    state = dict(ckpt.state_dict)
+    bias = state["model.2.1.conv.unit0.conv.bias"].clone()
+    bias[1] += lesion_logit
+    state["model.2.1.conv.unit0.conv.bias"] = bias
+    publish_checkpoint(replace(ckpt, state_dict=state, spacing=spacing or ckpt.spacing), path)
+    return path
 
 
 def copy_weights(target: Path) -> None:

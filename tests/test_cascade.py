@@ -1,15 +1,13 @@
 import logging
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PRETRAINED
+from conftest import PRETRAINED, lesion_model_answering
 from radcascade.cascade import Cascade
-from radcascade.checkpoints import publish_checkpoint, read_checkpoint
 from radcascade.labels import LabelContract
 from radcascade.preprocessing import BoundingBox, resample, sample_region
 from radcascade.stages import SMALL_LESION_MODEL_FILE, StageUntrainedError
@@ -149,18 +147,6 @@ def test_relabel_without_classifier_keeps_drawn_classes_or_refuses(tiny_studies)
         bare.relabel(volume, study.label, keep_drawn_classes=False)
 
 
-def _detector(path, lesion_logit: float, spacing=None):
-    """The committed lesion network with its output pushed to lesion (+) or background (-) everywhere: a
-    small-lesion detector whose answer is known."""
-    ckpt = read_checkpoint(PRETRAINED / "lesion.pt")
-    state = dict(ckpt.state_dict)
-    bias = state["model.2.1.conv.unit0.conv.bias"].clone()
-    bias[1] += lesion_logit
-    state["model.2.1.conv.unit0.conv.bias"] = bias
-    publish_checkpoint(replace(ckpt, state_dict=state, spacing=spacing or ckpt.spacing), path)
-    return path
-
-
 def test_small_lesion_detector_adds_its_lesions_and_is_used_only_on_the_same_grid(tmp_path, tiny_studies, caplog):
     """The lesion probability is the larger of the lesion network's and the detector's: a detector that sees
     lesion everywhere turns the organ into lesion, one that sees none changes nothing, and one trained on
@@ -175,11 +161,11 @@ def test_small_lesion_detector_adds_its_lesions_and_is_used_only_on_the_same_gri
         return result.label >= 2, result.label >= 1
 
     alone, organ = lesion_voxels(None)
-    everywhere, _ = lesion_voxels(_detector(tmp_path / "all.pt", 1000.0))
+    everywhere, _ = lesion_voxels(lesion_model_answering(tmp_path / "all.pt", 1000.0))
     assert everywhere.sum() >= organ.sum() > 2 * alone.sum() and (everywhere | ~alone).all()
-    assert (lesion_voxels(_detector(tmp_path / "none.pt", -1000.0))[0] == alone).all()
+    assert (lesion_voxels(lesion_model_answering(tmp_path / "none.pt", -1000.0))[0] == alone).all()
     with caplog.at_level(logging.WARNING, logger="radcascade.stages"):
-        assert (lesion_voxels(_detector(tmp_path / "grid.pt", 1000.0, spacing=(2.0, 2.0, 3.2)))[0] == alone).all()
+        assert (lesion_voxels(lesion_model_answering(tmp_path / "grid.pt", 1000.0, spacing=(2.0, 2.0, 3.2)))[0] == alone).all()
     assert "small-lesion detector not used" in caplog.text
     assert (lesion_voxels(tmp_path / "missing.pt")[0] == alone).all()
 
@@ -189,5 +175,5 @@ def test_a_model_folder_brings_its_small_lesion_detector(tmp_path, tiny_studies)
     for f in ("organ.pt", "lesion.pt"):
         shutil.copy(PRETRAINED / f, tmp_path / f)
     assert set(Cascade.in_folder(CONTRACT, tmp_path, torch.device("cpu")).models()) == {"organ", "lesion"}
-    _detector(tmp_path / SMALL_LESION_MODEL_FILE, -1000.0)
+    lesion_model_answering(tmp_path / SMALL_LESION_MODEL_FILE, -1000.0)
     assert set(Cascade.in_folder(CONTRACT, tmp_path, torch.device("cpu")).models()) == {"organ", "lesion", "lesion_small"}

@@ -119,23 +119,17 @@ def test_lesion_validation_runs_the_small_lesion_detector_published_beside_it(ti
     nothing, trained on at a negligible learning rate, scores 0 alone and what the detector (the committed
     lesion network) finds with it beside."""
     import shutil
-    from dataclasses import replace
 
     import pytest
     import torch
 
-    from conftest import PRETRAINED
+    from conftest import PRETRAINED, lesion_model_answering
     from radcascade.cascade import Cascade, organ_from_label
-    from radcascade.checkpoints import publish_checkpoint
     from radcascade.stages import SMALL_LESION_MODEL_FILE
     from radcascade.training import read_case
 
     model, detector = tmp_path / "lesion.pt", tmp_path / SMALL_LESION_MODEL_FILE
-    blind = read_checkpoint(PRETRAINED / "lesion.pt")
-    state = {k: v.clone() for k, v in blind.state_dict.items()}
-    last_bias = [k for k, v in state.items() if k.endswith("bias") and v.shape == (2,)][-1]
-    state[last_bias][1] -= 1000.0  # background everywhere
-    publish_checkpoint(replace(blind, state_dict=state), model)
+    lesion_model_answering(model, -1000.0)  # background everywhere
     cases = cases_from_folder(tiny_studies.folder)
     cfg = TrainConfig(stage="lesion", max_epochs=1, learning_rate=1e-12, patch_size=(32, 32, 16),
                       samples_per_volume=1, val_fraction=0.34)

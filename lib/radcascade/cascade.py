@@ -28,6 +28,10 @@ from radcascade.stages import (
 )
 from radcascade.volumes import Volume, load_volume
 
+# What a model folder holds (the server's model/, the committed pretrained/): the two stages, the optional
+# small-lesion detector beside the lesion model (see radcascade.stages.LesionStage) and the classifier.
+MODEL_FILES = ("organ.pt", "lesion.pt", SMALL_LESION_MODEL_FILE, "classifier.pt")
+
 MIN_LESION_ML = 0.02  # default: components smaller than this (~3.4 mm diameter) are noise
 # A lesion model may carry its own threshold, chosen on validation studies (radcascade.lesion_quality).
 MIN_LESION_ML_KEY = "min_lesion_ml"

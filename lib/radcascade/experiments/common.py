@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from radcascade import localserver
+from radcascade.cascade import MODEL_FILES
 from radcascade.sample_data import DEFAULT_SHAPE, DEFAULT_SPACING
 
 PRETRAINED = localserver.APP_DIR / "pretrained"
-MODEL_FILES = ("organ.pt", "lesion.pt", "lesion_small.pt", "classifier.pt")  # lesion_small.pt: optional
 
 SAMPLE_SIZE = (DEFAULT_SHAPE, DEFAULT_SPACING)  # 128x128x48 @ 2.5x2.5x4 mm
 CT_SIZE = ((512, 512, 200), (0.8, 0.8, 2.5))  # a typical abdominal CT

@@ -47,7 +47,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 
 from radcascade.active_learning import DEFAULT_DIVERSITY, Diversity
-from radcascade.cascade import Cascade
+from radcascade.cascade import MODEL_FILES, Cascade
 from radcascade.files import atomic_write, remove_stale_temporaries
 from radcascade.labels import LabelContract
 from radcascade.serving.admission import Admission, AdmissionPolicy
@@ -79,16 +79,12 @@ from radcascade.volumes import DEFAULT_MAX_VOXELS
 logger = logging.getLogger(__name__)
 
 
-# The model files a model folder holds (the small-lesion detector is optional, see radcascade.stages.LesionStage).
-MODEL_FILES = (*STAGES, Path(SMALL_LESION_MODEL_FILE).stem, "classifier")
-
-
 def install_pretrained(model_dir: Path, pretrained_dir: Path) -> None:
     """Copy the committed starting weights, with the statistics they were trained with (what Slicer's
     accuracy bar shows), into the model folder where a stage has none yet."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    for stage in MODEL_FILES:
-        src, dst = pretrained_dir / f"{stage}.pt", model_dir / f"{stage}.pt"
+    for name in MODEL_FILES:
+        src, dst = pretrained_dir / name, model_dir / name
         stats_src, stats_dst = src.with_suffix(".stats.json"), dst.with_suffix(".stats.json")
         if not src.exists():
             continue

@@ -122,7 +122,8 @@ class _CascadeTask(_Saliency, InferTask):
 
     def info(self) -> Dict[str, Any]:
         info = super().info()
-        status = {name: self._models()[name].status() for name in self.stage_names if name in self._models()}
+        models = self._models()
+        status = {name: models[name].status() for name in self.stage_names if name in models}
         untrained = [n for n, s in status.items() if s.startswith("UNTRAINED")]
         prefix = f"UNTRAINED ({', '.join(untrained)}): " if untrained else ""
         info["description"] = prefix + self._base_description + " | " + "; ".join(f"{k}: {v}" for k, v in status.items())
@@ -159,8 +160,9 @@ class _CascadeTask(_Saliency, InferTask):
         return result
 
     def model_versions(self) -> Dict[str, Any]:
-        return {name: {"status": self._models()[name].status(), "version": self._models()[name].version()}
-                for name in self.stage_names if name in self._models()}
+        models = self._models()  # each model's file is checked once, not once per name
+        return {name: {"status": models[name].status(), "version": models[name].version()}
+                for name in self.stage_names if name in models}
 
     def _respond(self, volume: Volume, result: CascadeResult, t0: float, latencies: dict,
                  request: dict | None = None, label_names: Dict[str, int] | None = None) -> Tuple[str, Dict]:
