@@ -75,6 +75,7 @@ def test_info_lists_contract_labels_and_cascade_first(client):
     assert set(expected) <= set(info["labels"])
     assert {"organ", "lesion"} <= set(info["trainers"])
     assert "UNTRAINED" not in info["models"]["cascade"]["description"]
+    assert "lesion_small: trained" in info["models"]["cascade"]["description"]  # the small-lesion detector
     assert {"first", "random"} <= set(info["strategies"])
 
 
@@ -112,6 +113,8 @@ def test_infer_cascade_returns_contract_label_on_image_geometry(client, server):
             assert 0 <= lesion["uncertainty"]["entropy"] <= 1
             assert label[tuple(int(round(c)) for c in lesion["centroid_voxel"])[::-1]] in (1, lesion["value"])
         assert result["lesion_count"] == len(result["lesions"])
+        # the small-lesion detector the app installed from pretrained/ answers beside the lesion model
+        assert set(result["models"]) == {"organ", "lesion", "lesion_small", "classifier"}
         found += result["lesion_count"]
     assert found > 0, "the starting weights should find a lesion in one of the two studies"
 
